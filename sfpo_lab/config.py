@@ -1,0 +1,354 @@
+"""Typed run configuration: one default per setting, validated before anything heavy runs.
+
+Hydra composes YAML from ``conf/``; :func:`to_run_config` merges it onto these dataclasses
+(OmegaConf checks types and rejects unknown keys, naming the full key) and each
+``__post_init__`` checks ranges, naming the setting, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A setting has a value that is not allowed; the message names the setting."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config: {key}={value!r} (allowed: {allowed})")
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    _check(value in options, key, value, " | ".join(options))
+
+
+@dataclass
+class EntropyControlConfig:
+    """Entropy trigger (Alg. 1): z-score of H_s over the last ``window`` iterations."""
+
+    enabled: bool = True
+    window: int = 30  # omega
+    tau: float = 1.0  # z threshold
+    mode: str = "upper"  # "upper": z >= tau (authors' code); "abs": |z| >= tau (paper)
+
+    def __post_init__(self) -> None:
+        _check(self.window >= 2, "sfpo.entropy_control.window", self.window, "an integer >= 2")
+        _check(self.tau > 0, "sfpo.entropy_control.tau", self.tau, "a float > 0")
+        _choice("sfpo.entropy_control.mode", self.mode, ("upper", "abs"))
+
+
+@dataclass
+class SFPOConfig:
+    """Slow-fast update: K fast steps, reposition by alpha, one slow step. alpha=0 is GRPO."""
+
+    K: int = 3
+    alpha: float = 0.8
+    slow_correction: bool = True
+    entropy_control: EntropyControlConfig = field(default_factory=EntropyControlConfig)
+    decay: str = "zero"  # what alpha does after the trigger: "zero" | "linear"
+    decay_steps: int = 0  # iterations of the linear decay
+
+    def __post_init__(self) -> None:
+        _check(self.K >= 0, "sfpo.K", self.K, "an integer >= 0")
+        _check(0.0 <= self.alpha <= 1.0, "sfpo.alpha", self.alpha, "a float in [0, 1]")
+        _choice("sfpo.decay", self.decay, ("zero", "linear"))
+        if self.decay == "linear":
+            _check(self.decay_steps >= 1, "sfpo.decay_steps", self.decay_steps, ">= 1 with linear")
+
+
+@dataclass
+class LossConfig:
+    """GRPO objective (verl core_algos semantics)."""
+
+    advantage: str = "grpo"  # registry name: grpo | drgrpo | grpo_batch_std
+    policy_loss: str = "vanilla"  # registry name: vanilla | dapo
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_c: float = 3.0  # dual-clip bound for negative advantages
+    agg: str = "token-mean"
+    entropy_coeff: float = 0.001
+    kl_coef: float = 0.0  # > 0 loads a frozen reference model
+    kl_kind: str = "low_var_kl"
+
+    def __post_init__(self) -> None:
+        _check(self.clip_low >= 0, "loss.clip_low", self.clip_low, ">= 0")
+        _check(self.clip_high >= 0, "loss.clip_high", self.clip_high, ">= 0")
+        _check(self.clip_c > 1, "loss.clip_c", self.clip_c, "> 1")
+        aggs = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+        _choice("loss.agg", self.agg, aggs)
+        _check(self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, ">= 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; moments carry through all SFPO stages. The schedule counts rollout batches."""
+
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    scheduler: str = "constant"  # constant | cosine | linear
+    warmup_iterations: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _choice("optim.scheduler", self.scheduler, ("constant", "cosine", "linear"))
+        _check(self.warmup_iterations >= 0, "optim.warmup_iterations", self.warmup_iterations, ">= 0")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 = off)")
+
+
+@dataclass
+class UpdateConfig:
+    """One "fast step" = one full pass over the rollout batch in ``ppo_mini_batches`` optimizer
+    steps, each accumulated over micro-batches of ``micro_batch_size`` sequences."""
+
+    ppo_mini_batches: int = 1
+    micro_batch_size: int = 16
+    max_skipped_steps: int = 5  # consecutive non-finite steps before the run stops
+
+    def __post_init__(self) -> None:
+        _check(self.ppo_mini_batches >= 1, "update.ppo_mini_batches", self.ppo_mini_batches, ">= 1")
+        _check(self.micro_batch_size >= 1, "update.micro_batch_size", self.micro_batch_size, ">= 1")
+
+
+@dataclass
+class TinyModelConfig:
+    """A small Qwen2-architecture model built from scratch (CPU default)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_position_embeddings: int = 128
+
+
+@dataclass
+class WarmupConfig:
+    """Supervised warm-up that makes the toy base model (cached on disk, reused)."""
+
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-qwen2"
+    name_or_path: str | None = None  # hub id or local dir; None builds ``tiny``
+    tokenizer: str | None = None  # None: same as name_or_path, or the built char tokenizer
+    dtype: str = "float32"
+    chat_template: bool = False
+    activation_checkpointing: bool = False
+    tiny: TinyModelConfig | None = field(default_factory=TinyModelConfig)
+    warmup: WarmupConfig | None = field(default_factory=WarmupConfig)
+
+    def __post_init__(self) -> None:
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check(
+            self.name_or_path is not None or self.tiny is not None,
+            "model.name_or_path",
+            self.name_or_path,
+            "a hub id / local dir, or null together with model.tiny",
+        )
+
+
+@dataclass
+class ToyTaskConfig:
+    ops: str = "+"
+    num_operands: int = 2
+    max_operand: int = 29
+    heldout_frac: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    kind: str = "toy"  # toy | files
+    train_files: list[str] = field(default_factory=list)  # local paths or hub dataset ids
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    answer_extraction: str | None = None
+    template: str = "toy"  # toy | plain | authors
+    batch_size: int = 16  # prompts per rollout batch (global)
+    max_prompt_len: int = 64  # tokens; longer prompts are an error at load time
+    toy: ToyTaskConfig = field(default_factory=ToyTaskConfig)
+
+    def __post_init__(self) -> None:
+        _choice("data.kind", self.kind, ("toy", "files"))
+        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, ">= 1")
+        if self.kind == "files":
+            _check(bool(self.train_files), "data.train_files", self.train_files, "non-empty list")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf | vllm
+    n: int = 8  # samples per prompt (G)
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    prompts_per_generate: int | None = None  # chunk size; None = all local prompts at once
+    reward_scheme: str = "authors"  # authors (1 / 0.1 / 0) | binary
+    reward_workers: int = 2
+    reward_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _choice("rollout.engine", self.engine, ("hf", "vllm"))
+        _check(self.n >= 1, "rollout.n", self.n, "an integer >= 1")
+        _check(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, ">= 1")
+        _check(self.temperature > 0, "rollout.temperature", self.temperature, "> 0")
+        _check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "in (0, 1]")
+
+
+@dataclass
+class ValConfig:
+    every: int = 5  # rollout batches between validations; 0 = only at start and end
+    limit: int | None = None  # problems per benchmark
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None  # None: rollout.max_new_tokens
+    benchmarks: list[str] = field(default_factory=lambda: ["toy"])
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "val.every", self.every, ">= 0")
+        _check(self.n >= 1, "val.n", self.n, ">= 1")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        _choice("trainer.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        _check(self.devices >= 1, "trainer.devices", self.devices, ">= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 10  # rollout batches between `last.ckpt` saves; 0 = only at the end
+    keep_last: int = 2
+    save_best: bool = True  # best.ckpt by val/avg
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "sfpo_lab"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _choice("wandb.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = "outputs"
+    cache_dir: str = ".cache"
+    data_dir: str = "../shared/data"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    iterations: int = 40  # rollout batches
+    task_name: str = "train"
+    ckpt_path: str | None = None  # resume from this checkpoint ("last" = <output_dir>/last.ckpt)
+    sfpo: SFPOConfig = field(default_factory=SFPOConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: dict[str, Any] = field(default_factory=dict)  # Hydra-instantiated Lightning loggers
+    callbacks: dict[str, Any] = field(default_factory=dict)  # Hydra-instantiated callbacks
+    extras: dict[str, Any] = field(default_factory=dict)  # free-form notes (experiment labels)
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
+        self._check_batch_split()
+
+    def _check_batch_split(self) -> None:
+        world = self.trainer.devices * self.trainer.num_nodes
+        b, n = self.data.batch_size, self.rollout.n
+        _check(
+            b % world == 0, "data.batch_size", b, f"a multiple of devices x nodes = {world}"
+        )
+        local_prompts = b // world
+        mb = self.update.ppo_mini_batches
+        _check(
+            local_prompts % mb == 0,
+            "update.ppo_mini_batches",
+            mb,
+            f"a divisor of the prompts per device ({local_prompts} = data.batch_size / devices)",
+        )
+        seqs = local_prompts // mb * n
+        _check(
+            seqs % self.update.micro_batch_size == 0 or self.update.micro_batch_size > seqs,
+            "update.micro_batch_size",
+            self.update.micro_batch_size,
+            f"a divisor of the sequences per mini-batch per device ({seqs})",
+        )
+        ppg = self.rollout.prompts_per_generate
+        if ppg is not None:
+            _check(
+                ppg >= 1 and local_prompts % ppg == 0,
+                "rollout.prompts_per_generate",
+                ppg,
+                f"a divisor of the prompts per device ({local_prompts})",
+            )
+
+
+_HYDRA_KEYS = ("hydra",)
+SCHEMA_NAME = "run_schema"
+
+
+def register_schema() -> None:
+    """Store :class:`RunConfig` in Hydra's ConfigStore so composition type-checks every key."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Merge a composed Hydra config onto :class:`RunConfig` and validate it.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or a value outside its allowed range.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for k in _HYDRA_KEYS:
+        plain.pop(k, None)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), plain)
+        run = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e.msg).splitlines()[0]
+        raise ConfigError(f"invalid config{f' at {key}' if key else ''}: {msg}") from None
+    except ConfigError:
+        raise
+    assert isinstance(run, RunConfig)
+    return run
