@@ -1,0 +1,29 @@
+"""Rollout engines behind one interface (:class:`RolloutEngine`): HF ``generate`` now, vLLM later."""
+
+from sfpo_lab.rollout.base import (
+    RolloutBatch,
+    RolloutEngine,
+    SamplingParams,
+    build_rollout_batch,
+    concat_rollouts,
+    derive_seed,
+    left_pad,
+    mask_after_eos,
+)
+from sfpo_lab.rollout.hf import HFEngine
+from sfpo_lab.rollout.sync import iter_full_tensors, load_named_tensors_, push_full_weights
+
+__all__ = [
+    "HFEngine",
+    "RolloutBatch",
+    "RolloutEngine",
+    "SamplingParams",
+    "build_rollout_batch",
+    "concat_rollouts",
+    "derive_seed",
+    "iter_full_tensors",
+    "left_pad",
+    "load_named_tensors_",
+    "mask_after_eos",
+    "push_full_weights",
+]
