@@ -66,7 +66,7 @@ class LossConfig:
     """GRPO objective (verl core_algos semantics)."""
 
     advantage: str = "grpo"  # registry name: grpo | drgrpo | grpo_batch_std
-    policy_loss: str = "vanilla"  # registry name: vanilla | dapo
+    policy_loss: str = "grpo"  # registry name: grpo | dapo | drgrpo
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float = 3.0  # dual-clip bound for negative advantages
@@ -79,9 +79,19 @@ class LossConfig:
         _check(self.clip_low >= 0, "loss.clip_low", self.clip_low, ">= 0")
         _check(self.clip_high >= 0, "loss.clip_high", self.clip_high, ">= 0")
         _check(self.clip_c > 1, "loss.clip_c", self.clip_c, "> 1")
-        aggs = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+        aggs = (
+            "token-mean",
+            "seq-mean-token-sum",
+            "seq-mean-token-mean",
+            "seq-mean-token-sum-norm",
+        )
         _choice("loss.agg", self.agg, aggs)
         _check(self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, ">= 0")
+        from sfpo_lab.algos import ADVANTAGE_ESTIMATORS, KL_KINDS, POLICY_LOSSES
+
+        _choice("loss.advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
+        _choice("loss.policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
+        _choice("loss.kl_kind", self.kl_kind, tuple(KL_KINDS))
 
 
 @dataclass
@@ -100,7 +110,9 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
         _choice("optim.scheduler", self.scheduler, ("constant", "cosine", "linear"))
-        _check(self.warmup_iterations >= 0, "optim.warmup_iterations", self.warmup_iterations, ">= 0")
+        _check(
+            self.warmup_iterations >= 0, "optim.warmup_iterations", self.warmup_iterations, ">= 0"
+        )
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 = off)")
 
 
@@ -293,9 +305,7 @@ class RunConfig:
     def _check_batch_split(self) -> None:
         world = self.trainer.devices * self.trainer.num_nodes
         b, n = self.data.batch_size, self.rollout.n
-        _check(
-            b % world == 0, "data.batch_size", b, f"a multiple of devices x nodes = {world}"
-        )
+        _check(b % world == 0, "data.batch_size", b, f"a multiple of devices x nodes = {world}")
         local_prompts = b // world
         mb = self.update.ppo_mini_batches
         _check(

@@ -1,0 +1,72 @@
+"""Checkpoints at rollout-batch boundaries: atomic ``last.ckpt``, keep-last-N, ``best.ckpt``.
+
+Lightning's ModelCheckpoint counts optimizer steps (K+1 per SFPO iteration, 1 after the
+entropy trigger), so it cannot save "every N iterations"; this callback counts iterations.
+A checkpoint is written to a temporary file and renamed, so a kill during a save never leaves
+a corrupt ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+
+class IterationCheckpoint(L.Callback):
+    def __init__(self, dirpath: str | Path, every: int, keep_last: int = 2, save_best: bool = True):
+        self.dirpath = Path(dirpath)
+        self.every = every
+        self.keep_last = keep_last
+        self.save_best = save_best
+        self.best = -math.inf
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best", -math.inf)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        it = pl_module.iteration
+        val = pl_module.last_val
+        if self.save_best and val.get("val/avg", -math.inf) > self.best:
+            self.best = val["val/avg"]
+            self.save(trainer, "best.ckpt")
+        if self.every and it % self.every == 0:
+            self.save(trainer, f"iter-{it:06d}.ckpt", also_last=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        val = pl_module.last_val
+        if self.save_best and val.get("val/avg", -math.inf) > self.best:
+            self.best = val["val/avg"]
+            self.save(trainer, "best.ckpt")
+        name = f"iter-{pl_module.iteration:06d}.ckpt"
+        if not (self.dirpath / name).exists():
+            self.save(trainer, name, also_last=True)
+
+    def save(self, trainer: L.Trainer, name: str, also_last: bool = False) -> Path:
+        """Write ``name`` atomically (all ranks take part, rank 0 renames)."""
+        final = self.dirpath / name
+        tmp = self.dirpath / f".{name}.tmp"
+        trainer.save_checkpoint(tmp)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+            if also_last:
+                last_tmp = self.dirpath / ".last.ckpt.tmp"
+                if last_tmp.exists():
+                    last_tmp.unlink()
+                os.link(final, last_tmp)
+                os.replace(last_tmp, self.dirpath / "last.ckpt")
+                self._prune()
+        trainer.strategy.barrier()
+        return final
+
+    def _prune(self) -> None:
+        kept = sorted(self.dirpath.glob("iter-*.ckpt"))
+        for old in kept[: max(0, len(kept) - self.keep_last)]:
+            old.unlink()

@@ -1,0 +1,293 @@
+"""Problems from files (jsonl / json / parquet / csv, including verl-format parquet) or the hub.
+
+Errors name the file, the line or row, and the field. Nothing is downloaded unless the name is
+neither an existing path nor shaped like one (then it is a hub dataset id, loaded with
+``datasets.load_dataset``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sfpo_lab.data.records import Problem
+from sfpo_lab.data.templates import strip_template
+from sfpo_lab.rewards.extract import last_boxed
+
+Row = dict[str, Any]
+
+LAYOUTS = ("auto", "verl", "fields")
+ANSWER_EXTRACTIONS = (None, "last_boxed")
+VERL_PROBLEM_FIELD, VERL_ANSWER_FIELD = "prompt", "reward_model.ground_truth"
+
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+log = logging.getLogger(__name__)
+
+
+class EmptyAnswerError(ValueError):
+    """A row whose gold answer is empty: it cannot be verified, so the row is skipped."""
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _read_jsonl_lines(path: Path, lines: Iterator[str]) -> list[Row]:
+    rows: list[Row] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    with open(path, encoding="utf-8") as fh:
+        return _read_jsonl_lines(path, fh)
+
+
+def _read_json(path: Path) -> list[Row]:
+    """A JSON array of objects, ``{"data": [...]}``, or (as many hub ``.json`` files) JSON lines."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # one object per line
+            return _read_jsonl_lines(path, iter(text.splitlines()))
+        raise ValueError(f"{path}: line {e.lineno}: malformed JSON ({e.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError(f"{path}: expected a JSON array of objects")
+    return data
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()  # nested columns come back as dicts / lists
+    except Exception as e:  # pyarrow raises several types for bad files
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def _read_csv(path: Path) -> list[Row]:
+    rows: list[Row] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(
+                    f"{path}: line {reader.line_num}: expected {len(reader.fieldnames or [])} "
+                    f"fields {reader.fieldnames}"
+                )
+            rows.append(row)
+    return rows
+
+
+_READERS: dict[str, Callable[[Path], list[Row]]] = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".parquet": _read_parquet,
+    ".csv": _read_csv,
+}
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """Rows of a .jsonl / .json / .parquet / .csv file as dicts (nested columns as dicts).
+
+    Raises:
+        FileNotFoundError: naming the path when it does not exist.
+        ValueError: naming the file (and line) for an unsupported type, malformed content or
+            an empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use {sorted(_READERS)}")
+    rows = reader(path)
+    if not rows:
+        raise ValueError(f"{path}: empty file (no rows)")
+    return rows
+
+
+# --------------------------------------------------------------------------- rows -> problems
+
+
+def _load_rows(name: str, split: str) -> tuple[list[Row], str]:
+    """Rows and a default source name for a file, a local dataset dir or a hub dataset."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return read_rows(path), path.stem
+    if path.suffix.lower() in _READERS or name.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"data file not found: {name}")
+    import datasets
+
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
+        data = datasets.load_from_disk(str(path))  # made by Dataset(Dict).save_to_disk
+        data = data[split] if isinstance(data, datasets.DatasetDict) else data
+    else:  # a local folder of data files, or a hub dataset id
+        data = datasets.load_dataset(name, split=split)
+    rows = list(data)
+    if not rows:
+        raise ValueError(f"{name} (split {split!r}): no rows")
+    return rows, path.name if path.is_dir() else name
+
+
+def _field(row: Row, dotted: str, where: str) -> Any:
+    """``row[a][b]`` for ``dotted="a.b"``; the error names the field and what is available."""
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"{where}: missing field {dotted!r}; available fields: {sorted(row)}")
+        value = value[part]
+    return value
+
+
+def _has_field(row: Row, dotted: str) -> bool:
+    try:
+        _field(row, dotted, "")
+    except ValueError:
+        return False
+    return True
+
+
+def is_verl_row(row: Row) -> bool:
+    """verl layout: ``prompt`` is a chat list and ``reward_model.ground_truth`` exists."""
+    prompt = row.get("prompt")
+    return (
+        isinstance(prompt, list)
+        and all(isinstance(m, dict) and "content" in m for m in prompt)
+        and _has_field(row, VERL_ANSWER_FIELD)
+    )
+
+
+def problem_text(value: Any, where: str) -> str:
+    """Question text from a string or a chat prompt, without the authors' instruction text."""
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        users = [m for m in value if m.get("role") == "user"] or value
+        value = users[-1].get("content")
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{where}: the problem must be text or a chat message list, got {type(value).__name__}"
+        )
+    text = strip_template(value, "authors").strip()
+    if not text:
+        raise ValueError(f"{where}: empty problem")
+    return text
+
+
+def normalize_answer(value: Any, where: str) -> str:
+    """Gold answer as a string: integral floats as integers (``27.0`` -> ``"27"``), lists
+    comma-joined, ``$`` math delimiters removed."""
+    if isinstance(value, list):
+        return ", ".join(normalize_answer(v, where) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, dict):
+        raise ValueError(f"{where}: the answer must be text or a number, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = _UNESCAPED_DOLLAR.sub("", str(value)).strip()
+    if not text:
+        raise EmptyAnswerError(f"{where}: empty answer")
+    return text
+
+
+def _answer(value: Any, extraction: str | None, where: str) -> str:
+    if extraction == "last_boxed":
+        boxed = last_boxed(value) if isinstance(value, str) else None
+        if boxed is None:
+            raise ValueError(f"{where}: answer_extraction='last_boxed' found no \\boxed{{}}")
+        value = boxed
+    return normalize_answer(value, where)
+
+
+def _resolve_fields(
+    row: Row, layout: str, problem_field: str, answer_field: str
+) -> tuple[str, str]:
+    """The (problem, answer) fields to read for ``layout`` (``auto`` inspects the first row)."""
+    if layout == "auto":
+        named = _has_field(row, problem_field) and _has_field(row, answer_field)
+        layout = "verl" if is_verl_row(row) and not named else "fields"
+    if layout == "verl":
+        return VERL_PROBLEM_FIELD, VERL_ANSWER_FIELD
+    return problem_field, answer_field
+
+
+def _check_options(layout: str, answer_extraction: str | None, limit: int | None) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {LAYOUTS}")
+    if answer_extraction not in ANSWER_EXTRACTIONS:
+        raise ValueError(
+            f"answer_extraction={answer_extraction!r}: use one of {ANSWER_EXTRACTIONS}"
+        )
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit}: use a positive number or None")
+
+
+def load_problems(
+    path_or_hub_name: str,
+    *,
+    problem_field: str = "problem",
+    answer_field: str = "answer",
+    id_field: str | None = None,
+    split: str = "train",
+    answer_extraction: str | None = None,
+    layout: str = "auto",
+    source: str | None = None,
+    limit: int | None = None,
+) -> list[Problem]:
+    """Problems from a local file, a local dataset folder or a hub dataset.
+
+    Args:
+        path_or_hub_name: a .jsonl/.json/.parquet/.csv file, a folder (``save_to_disk`` output
+            or data files), or a hub dataset id when no such path exists.
+        problem_field: field with the question (dotted paths reach nested columns); a chat
+            list (verl ``prompt``) gives its user turn, minus the authors' instruction text.
+        answer_field: field with the gold (dotted, e.g. ``reward_model.ground_truth``).
+        id_field: field with a stable id; ``"<source>-<row>"`` if None.
+        split: hub / dataset-folder split.
+        answer_extraction: None, or ``"last_boxed"`` to take the last ``\\boxed{}`` of the
+            answer field (e.g. Minerva's ``solution``).
+        layout: ``"verl"`` reads ``prompt`` + ``reward_model.ground_truth``; ``"fields"`` the
+            named fields; ``"auto"`` is verl when rows look verl-shaped and lack the named fields.
+        source: ``Problem.source``; the file stem / dataset name if None.
+        limit: keep the first ``limit`` rows.
+    """
+    _check_options(layout, answer_extraction, limit)
+    rows, name = _load_rows(path_or_hub_name, split)
+    source = source or name
+    problem_field, answer_field = _resolve_fields(rows[0], layout, problem_field, answer_field)
+    out: list[Problem] = []
+    skipped: list[int] = []
+    for i, row in enumerate(rows[:limit]):
+        where = f"{path_or_hub_name}: row {i + 1}"
+        try:
+            answer = _answer(_field(row, answer_field, where), answer_extraction, where)
+        except EmptyAnswerError:
+            skipped.append(i + 1)
+            continue
+        pid = str(_field(row, id_field, where)) if id_field else f"{source}-{i}"
+        problem = problem_text(_field(row, problem_field, where), where)
+        out.append(Problem(id=pid, problem=problem, answer=answer, source=source))
+    if skipped:
+        log.warning(
+            "%s: skipped %d rows with an empty gold answer (rows %s)",
+            path_or_hub_name, len(skipped), skipped[:10],
+        )  # fmt: skip
+    if not out:
+        raise ValueError(f"{path_or_hub_name}: no row has a non-empty gold answer")
+    return out

@@ -1,0 +1,234 @@
+"""The LightningModule: one RL iteration (one rollout batch s) per ``training_step``.
+
+Manual optimization. Lightning's ``global_step`` counts optimizer steps (K+1 per batch for
+SFPO, 1 for GRPO), so iteration counters, schedules and logging here count rollout batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from copy import deepcopy
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from sfpo_lab.algos import SFPO, EntropyTrigger
+from sfpo_lab.config import RunConfig
+from sfpo_lab.models import build_causal_lm
+from sfpo_lab.rollout.hf import HFEngine
+from sfpo_lab.rollout.sync import push_full_weights
+from sfpo_lab.runtime import peak_memory_gb, rng_state, set_rng_state
+from sfpo_lab.stages import ExperienceMaker, UpdatePass
+
+
+class SFPOModule(L.LightningModule):
+    """SFPO (Alg. 1) / GRPO fine-tuning of a causal LM.
+
+    Args:
+        run: the validated run config.
+        model_path: local dir or hub id of the base policy.
+        tokenizer: its tokenizer (prompts are rendered and encoded here).
+    """
+
+    def __init__(self, run: RunConfig, model_path: str, tokenizer: Any) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.run_cfg = run
+        self.model_path = model_path
+        self.tokenizer = tokenizer
+        self.policy: torch.nn.Module | None = None
+        self.ref_policy: torch.nn.Module | None = None
+        self.engine: HFEngine | None = None
+        self.sfpo: SFPO | None = None
+        self._pending: dict[str, Any] = {}
+        # counters in rollout batches; saved in checkpoints (Fig. 4 needs rollouts + wall-clock)
+        self.iteration = 0
+        self.rollouts = 0
+        self.wall_clock_s = 0.0
+        self.skipped_steps = 0
+        self.last_val: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        run = self.run_cfg
+        self.policy = build_causal_lm(self.model_path, dtype=run.model.dtype).train()
+        if run.model.activation_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        if run.loss.kl_coef > 0:
+            self.ref_policy = deepcopy(self.policy).eval().requires_grad_(False)
+        sharded = run.trainer.strategy == "fsdp"
+        # Under FSDP2 generation runs on a full copy refreshed once per iteration (never a
+        # per-token all-gather); otherwise the engine generates with the policy itself.
+        gen_model = deepcopy(self.policy).eval().requires_grad_(False) if sharded else self.policy
+        if sharded:
+            from sfpo_lab.parallel import shard_fsdp2
+
+            shard_fsdp2(self.policy, self.device_mesh)
+        tok = self.tokenizer
+        self.engine = HFEngine(gen_model, tok.pad_token_id, tok.eos_token_id, owns_model=sharded)
+
+    def configure_optimizers(self) -> Any:
+        o = self.run_cfg.optim
+        opt = torch.optim.AdamW(
+            self.policy.parameters(),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+        return [opt], [sched]
+
+    def _lr_factor(self, it: int) -> float:
+        o, total = self.run_cfg.optim, self.run_cfg.iterations
+        if o.warmup_iterations and it < o.warmup_iterations:
+            return (it + 1) / o.warmup_iterations
+        if o.scheduler == "constant":
+            return 1.0
+        frac = min(1.0, (it - o.warmup_iterations) / max(1, total - o.warmup_iterations))
+        decay = 0.5 * (1 + math.cos(math.pi * frac)) if o.scheduler == "cosine" else 1 - frac
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
+
+    def on_train_start(self) -> None:
+        self.ensure_ready()
+
+    def ensure_ready(self) -> None:
+        """Build the SFPO engine and the stage helpers once the optimizer exists (idempotent;
+        callbacks' ``on_train_start`` runs before the module's)."""
+        if self.sfpo is not None:
+            return
+        run = self.run_cfg
+        ec = run.sfpo.entropy_control
+        trigger = EntropyTrigger(ec.window, ec.tau, ec.mode) if ec.enabled else None
+        opt = self.optimizers().optimizer
+        s = run.sfpo
+        self.sfpo = SFPO(
+            opt,
+            K=s.K,
+            alpha=s.alpha,
+            slow_correction=s.slow_correction,
+            trigger=trigger,
+            decay=s.decay,
+            decay_steps=s.decay_steps,
+        )
+        if "sfpo" in self._pending:
+            self.sfpo.load_state_dict(self._pending.pop("sfpo"))
+        if "rng" in self._pending:
+            set_rng_state(self._pending.pop("rng"))
+        self.maker = ExperienceMaker(self)
+        self.updater = UpdatePass(self)
+
+    # ------------------------------------------------------------------ one RL iteration
+    def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
+        t_start = time.perf_counter()
+        exp, metrics = self.maker(batch)  # rollouts, rewards, advantages, log-probs at theta0
+        h_s = metrics["train/entropy"]
+        t_update = time.perf_counter()
+        self.sfpo.begin()  # snapshot theta0 (one copy of the local shards) iff alpha > 0
+
+        # Stage I — fast trajectory: K full update passes on the same rollout batch
+        fast = self.sfpo.fast(lambda: self.updater(exp))
+        # Stage II — reposition: theta <- theta0 + alpha (theta_K - theta0), in place
+        self.sfpo.reposition()
+        # Stage III — slow correction: one more pass at the repositioned point (plain GRPO
+        # when alpha = 0: this is the only update)
+        slow = self.sfpo.slow(lambda: self.updater(exp))
+
+        metrics.update(self._stage_metrics(fast, slow, self.sfpo.end()))
+        metrics["perf/update_s"] = time.perf_counter() - t_update
+        metrics.update(self._sfpo_metrics(self.sfpo.observe_entropy(h_s)))
+        self.lr_schedulers().step()
+        self._finish_iteration(metrics, t_start, len(exp))
+
+    def _stage_metrics(self, fast: dict, slow: dict, engine: dict) -> dict[str, float]:
+        passes = [m for m in (fast, slow) if m]
+        out: dict[str, float] = {}
+        for key in ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "kl", "grad_norm"):
+            vals = [p[key] for p in passes if key in p]
+            if vals:
+                out[f"train/{key}"] = sum(vals) / len(vals)
+        skipped = int(sum(p.get("skipped_steps", 0) for p in passes))
+        self.skipped_steps += skipped
+        out["train/skipped_steps"] = float(self.skipped_steps)
+        for key in ("fast_steps", "reposition_s", "snapshot_bytes", "restored_theta0"):
+            if key in engine:
+                out[f"sfpo/{key}"] = float(engine[key])
+        return out
+
+    def _sfpo_metrics(self, obs: dict[str, Any]) -> dict[str, float]:
+        stop = obs.get("stop_step")
+        return {
+            "sfpo/alpha": float(obs["alpha_used"]),
+            "sfpo/alpha_next": float(obs["alpha_next"]),
+            "sfpo/z": float(obs["z"]),
+            "sfpo/stop_step": float("nan") if stop is None else float(stop),
+        }
+
+    def _finish_iteration(self, metrics: dict[str, float], t_start: float, n_local: int) -> None:
+        step_s = time.perf_counter() - t_start
+        self.iteration += 1
+        n_global = int(self.trainer.strategy.reduce(torch.tensor(n_local), reduce_op="sum"))
+        self.rollouts += n_global
+        self.wall_clock_s += step_s
+        metrics.update(
+            {
+                "perf/step_s": step_s,
+                "perf/peak_mem_gb": peak_memory_gb(self.device),
+                "train/rollouts": float(self.rollouts),
+                "train/wall_clock_s": self.wall_clock_s,
+                "train/lr": self.optimizers().optimizer.param_groups[0]["lr"],
+                "train/iteration": float(self.iteration),
+            }
+        )
+        if "perf/tokens" in metrics:
+            metrics["perf/tokens_per_s"] = metrics.pop("perf/tokens") / step_s
+        self.log_iteration(metrics)
+        for key in ("train/acc", "train/reward", "sfpo/alpha"):
+            self.log(key.split("/")[-1], metrics[key], prog_bar=True, logger=False)
+
+    def log_iteration(self, metrics: dict[str, float]) -> None:
+        """Send metrics to every logger at x = rollout batches done (not optimizer steps)."""
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        for logger in self.loggers:
+            logger.log_metrics(clean, step=self.iteration)
+
+    # ------------------------------------------------------------------ weights for the engine
+    def sync_engine(self) -> float:
+        """Push theta to the generation engine if it holds its own copy; returns seconds."""
+        if self.engine is None or not self.engine.owns_model:
+            return 0.0
+        return push_full_weights(self.policy, self.engine)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sfpo_engine"] = self.sfpo.state_dict() if self.sfpo else None
+        checkpoint["sfpo_counters"] = {
+            "iteration": self.iteration,
+            "rollouts": self.rollouts,
+            "wall_clock_s": self.wall_clock_s,
+            "skipped_steps": self.skipped_steps,
+        }
+        checkpoint["sfpo_rng"] = rng_state()
+        checkpoint["sfpo_config"] = {"model": self.run_cfg.model.name}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("sfpo_config", {}).get("model")
+        if saved is not None and saved != self.run_cfg.model.name:
+            raise ValueError(
+                f"checkpoint was trained with model.name={saved!r}, "
+                f"this run has model.name={self.run_cfg.model.name!r}"
+            )
+        for k, v in checkpoint.get("sfpo_counters", {}).items():
+            setattr(self, k, v)
+        if checkpoint.get("sfpo_engine") is not None:
+            self._pending["sfpo"] = checkpoint["sfpo_engine"]
+        if "sfpo_rng" in checkpoint:
+            self._pending["rng"] = checkpoint["sfpo_rng"]
+
+    def forward(self, input_ids: Tensor, **kwargs: Any) -> Any:
+        return self.policy(input_ids=input_ids, **kwargs)

@@ -1,0 +1,81 @@
+"""Answer extraction: the content of the last ``\\boxed{...}`` in a completion.
+
+Model outputs are hostile input (1 MB strings, thousands of nested braces, unterminated
+boxes), so everything here is linear time and runs in C where it can: ``str.rfind`` finds
+the box command and a compiled regex walks the braces.
+"""
+
+from __future__ import annotations
+
+import re
+
+BOX_COMMANDS: tuple[str, ...] = ("\\boxed", "\\fbox")
+"""LaTeX commands whose argument counts as a final answer."""
+
+MAX_BOX_CHARS = 4096
+"""Boxed contents longer than this are treated as unterminated: no real answer is that long,
+and it bounds the brace walk on adversarial input."""
+
+_BRACE = re.compile(r"[{}]")
+
+
+def _last_command(text: str, end: int) -> tuple[int, int] | None:
+    """Return ``(start, open_brace_index)`` of the last box command before ``end``.
+
+    A command only counts when the next non-space character is ``{`` (``\\boxed 5`` and
+    ``\\boxedfoo`` are skipped, and the search continues to the left).
+    """
+    while end > 0:
+        start = max(text.rfind(cmd, 0, end) for cmd in BOX_COMMANDS)
+        if start < 0:
+            return None
+        cmd_len = next(len(c) for c in BOX_COMMANDS if text.startswith(c, start))
+        brace = start + cmd_len
+        while brace < len(text) and text[brace] in " \t":
+            brace += 1
+        if brace < len(text) and text[brace] == "{":
+            return start, brace
+        end = start
+    return None
+
+
+def _matching_brace(text: str, open_index: int, max_chars: int) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``open_index``, or None within ``max_chars``.
+
+    Braces are counted without regard to escapes (``\\{ \\}`` come in pairs in practice),
+    as verl and math-verify do.
+    """
+    depth = 0
+    limit = min(len(text), open_index + max_chars + 2)
+    for match in _BRACE.finditer(text, open_index, limit):
+        depth += 1 if match.group() == "{" else -1
+        if depth == 0:
+            return match.start()
+    return None
+
+
+def last_boxed(text: str, max_chars: int = MAX_BOX_CHARS) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``.
+
+    Args:
+        text: a model completion (any length; cost is linear and mostly in C).
+        max_chars: contents longer than this count as unterminated.
+
+    Returns:
+        The text between the braces (may be empty), or None when there is no box, or the
+        last box is unterminated or longer than ``max_chars``.
+
+    Examples:
+        >>> last_boxed(r"so \\boxed{1} or rather \\boxed{\\frac{1}{2}}")
+        '\\\\frac{1}{2}'
+        >>> last_boxed(r"\\boxed{1") is None
+        True
+    """
+    found = _last_command(text, len(text))
+    if found is None:
+        return None
+    _, open_index = found
+    close = _matching_brace(text, open_index, max_chars)
+    if close is None:
+        return None
+    return text[open_index + 1 : close]

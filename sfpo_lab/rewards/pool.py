@@ -1,0 +1,193 @@
+"""Grading many completions in a process pool with a hard per-answer timeout.
+
+No model output may hang or crash training. math-verify's own signal alarms cannot interrupt
+long C-level work (e.g. sympy evaluating ``10^{10^{10}}`` runs to its 10 s alarm at best), so
+each answer is compared in a pebble worker process under a hard timeout: a worker that
+overruns or dies is killed and replaced, that answer is graded wrong, and the pool lives on.
+
+Boxed answers are extracted in the calling process (cheap, linear) so only short strings
+cross the process boundary; identical ``(pred, gold)`` pairs are compared once per call
+(a group of G samples often repeats the same answer).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import threading
+from collections.abc import Callable, Sequence
+
+from pebble import ProcessPool
+
+from sfpo_lab.rewards.extract import last_boxed
+from sfpo_lab.rewards.verify import Grade, answers_match
+
+MatchFn = Callable[[str, str], bool]
+"""``(pred, gold) -> correct``; must be a picklable module-level function."""
+
+
+STARTUP_TIMEOUT_S = 120.0
+"""How long a fresh pool may take to answer its health check (imports sympy in each worker)."""
+
+
+def _warm_up() -> None:
+    """Worker initializer: import and exercise math-verify once so the first task is fast."""
+    answers_match("1", "1")
+
+
+def _health_check() -> bool:
+    """Runs in a fresh worker: math-verify imports and grades a trivial pair correctly."""
+    return answers_match("2", "2") and not answers_match("2", "3")
+
+
+class MathVerifier:
+    """Grades completions against gold answers with math-verify, never hanging or crashing.
+
+    Args:
+        num_workers: worker processes; 0 grades inline in the calling (main) thread with only
+            math-verify's own alarms as a bound (for debugging and tiny runs).
+        timeout_s: hard limit per answer comparison in a worker; a timeout is a wrong answer.
+        batch_timeout_s: optional limit for a whole :meth:`grade_many` call; answers not graded
+            by then are wrong (their workers are killed). None = no limit.
+        start_method: multiprocessing start method for workers. ``"forkserver"`` (default) is
+            safe in a multi-threaded trainer and replaces a killed worker in milliseconds
+            (math-verify is preloaded in the fork server).
+        match_fn: the comparison run in workers (a hook for tests and other checkers).
+
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        num_workers: int = 2,
+        timeout_s: float = 5.0,
+        *,
+        batch_timeout_s: float | None = None,
+        start_method: str = "forkserver",
+        match_fn: MatchFn = answers_match,
+    ) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start_method={start_method!r} is not available here; "
+                f"choose one of {multiprocessing.get_all_start_methods()}"
+            )
+        self.num_workers = num_workers
+        self.timeout_s = timeout_s
+        self.batch_timeout_s = batch_timeout_s
+        self.start_method = start_method
+        self.match_fn = match_fn
+        self._pool: ProcessPool | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _ensure_pool(self) -> ProcessPool:
+        """The live pool, (re)created if it was never started or has died."""
+        if self._pool is None or not self._pool.active:
+            if self._pool is not None:
+                self._pool.stop()
+            context = multiprocessing.get_context(self.start_method)
+            if self.start_method == "forkserver":
+                # Workers fork from a server that already imported math-verify (and sympy).
+                context.set_forkserver_preload(["sfpo_lab.rewards.verify"])
+            self._pool = ProcessPool(
+                max_workers=self.num_workers, initializer=_warm_up, context=context
+            )
+            _check_health(self._pool)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (idempotent)."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join(timeout=10)
+            self._pool = None
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to
+            self.close()
+
+    # -- grading -----------------------------------------------------------------------------
+
+    def grade_many(self, completions: Sequence[str], golds: Sequence[str]) -> list[Grade]:
+        """Grade ``completions[i]`` against ``golds[i]`` for every i.
+
+        Returns:
+            One :class:`Grade` per completion, in order. Timeouts, crashed workers and checker
+            errors give ``correct=False`` (``boxed`` still reflects the completion).
+        """
+        if len(completions) != len(golds):
+            raise ValueError(
+                f"grade_many needs one gold per completion: got {len(completions)} completions "
+                f"and {len(golds)} golds"
+            )
+        preds = [last_boxed(c) for c in completions]
+        pairs = sorted({(p, g) for p, g in zip(preds, golds, strict=True) if p is not None})
+        verdicts = self._verdicts_inline(pairs) if self.num_workers == 0 else self._verdicts(pairs)
+        return [
+            Grade(correct=p is not None and verdicts[(p, g)], boxed=p is not None, pred=p)
+            for p, g in zip(preds, golds, strict=True)
+        ]
+
+    def _verdicts_inline(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """Compare in this thread; math-verify's alarms need the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "MathVerifier(num_workers=0) grades with signal alarms and must be called from "
+                "the main thread; use num_workers >= 1 elsewhere"
+            )
+        return {pair: _safe_match(self.match_fn, *pair) for pair in pairs}
+
+    def _verdicts(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """Compare in worker processes under the per-answer (and optional batch) timeout."""
+        pool = self._ensure_pool()
+        futures = {
+            pool.schedule(self.match_fn, args=pair, timeout=self.timeout_s): pair for pair in pairs
+        }
+        done, not_done = concurrent.futures.wait(futures, timeout=self.batch_timeout_s)
+        for future in not_done:
+            future.cancel()  # pebble kills the worker running it; the pool replaces it
+        return {pair: _future_verdict(f) if f in done else False for f, pair in futures.items()}
+
+
+def _check_health(pool: ProcessPool) -> None:
+    """Fail loudly when workers cannot grade at all (else every answer would silently be wrong).
+
+    Typical cause: a main script without an ``if __name__ == "__main__":`` guard, which the
+    ``spawn``/``forkserver`` start methods re-import in each worker.
+    """
+    future = pool.schedule(_health_check, timeout=STARTUP_TIMEOUT_S)
+    try:
+        healthy = future.result()
+    except Exception as error:  # report whatever killed the worker
+        pool.stop()
+        raise RuntimeError(f"MathVerifier workers failed to start: {error!r}") from error
+    if not healthy:
+        pool.stop()
+        raise RuntimeError("MathVerifier workers started but math-verify graded '2' == '2' wrong")
+
+
+def _safe_match(match_fn: MatchFn, pred: str, gold: str) -> bool:
+    """``match_fn`` with every exception turned into "wrong"."""
+    try:
+        return bool(match_fn(pred, gold))
+    except Exception:  # any checker failure means "not verified"
+        return False
+
+
+def _future_verdict(future: concurrent.futures.Future) -> bool:
+    """The boolean result of a finished task; timeouts, crashes and errors are False."""
+    try:
+        return bool(future.result(timeout=0))
+    except Exception:  # TimeoutError, ProcessExpired, checker errors
+        return False

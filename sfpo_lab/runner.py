@@ -1,0 +1,195 @@
+"""What ``train.py`` does after composing the config: checks, build, fit, summary.
+
+Everything that can be checked without loading a model (data files, model names, output
+dirs, checkpoint paths) is checked in :func:`preflight`, before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+
+from sfpo_lab.checkpointing import IterationCheckpoint
+from sfpo_lab.config import ConfigError, RunConfig
+from sfpo_lab.data.datamodule import RLDataModule
+from sfpo_lab.data.records import Problem
+from sfpo_lab.data.sources import load_problems
+from sfpo_lab.eval.callback import ValidationCallback
+from sfpo_lab.module import SFPOModule
+from sfpo_lab.parallel import build_strategy
+from sfpo_lab.rollout.base import SamplingParams
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.sep in name.strip("/").split("/", 1)[-1]
+
+
+def preflight(run: RunConfig) -> None:
+    """Fail fast, naming the setting, on anything wrong that needs no model to see."""
+    if run.data.kind == "files":
+        for f in run.data.train_files:
+            if _looks_local(f) and not Path(f).exists():
+                raise ConfigError(f"data.train_files: file not found: {f}")
+    name = run.model.name_or_path
+    if name is not None and not Path(name).exists():
+        if _looks_local(name) or name.count("/") != 1:
+            raise ConfigError(
+                f"model.name_or_path={name!r}: not a local directory and not a hub id "
+                "('org/name'); choose model=<one of conf/model/*.yaml> or give a path"
+            )
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+                raise ConfigError(f"model.name_or_path={name!r}: HF_HUB_OFFLINE=1 and not cached")
+    if run.rollout.engine == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("rollout.engine=vllm but vllm is not installed") from e
+    out = Path(run.paths.output_dir)
+    if run.ckpt_path is None and any(out.glob("*.ckpt")):
+        raise ConfigError(
+            f"{out} already holds checkpoints; resume with ckpt_path={out / 'last.ckpt'} "
+            "or choose a new hydra.run.dir (nothing was overwritten)"
+        )
+    if run.ckpt_path is not None and not Path(run.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={run.ckpt_path!r}: no such checkpoint file")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"paths.output_dir={str(out)!r} is not writable")
+
+
+def prepare_model(run: RunConfig) -> tuple[str, Any]:
+    """(model path, tokenizer): the cached toy base, or the configured hub/local model."""
+    from transformers import AutoTokenizer
+
+    if run.model.name_or_path is None:
+        from sfpo_lab.warmup import toy_base_model
+
+        path = str(toy_base_model(run, log=rank_zero_info))
+    else:
+        path = run.model.name_or_path
+    tok = AutoTokenizer.from_pretrained(run.model.tokenizer or path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return path, tok
+
+
+def train_problems(run: RunConfig) -> list[Problem]:
+    if run.data.kind == "toy":
+        from sfpo_lab.warmup import toy_task
+
+        return toy_task(run).train()
+    d = run.data
+    out: list[Problem] = []
+    for f in d.train_files:
+        out += load_problems(
+            f,
+            problem_field=d.problem_field,
+            answer_field=d.answer_field,
+            answer_extraction=d.answer_extraction,
+        )
+    return out
+
+
+def val_sets(run: RunConfig) -> dict[str, list[Problem]]:
+    v = run.val
+    sets: dict[str, list[Problem]] = {}
+    for name in v.benchmarks:
+        if name == "toy":
+            from sfpo_lab.warmup import toy_task
+
+            sets[name] = toy_task(run).heldout(limit=v.limit)
+        else:
+            from sfpo_lab.eval.benchmarks import load_benchmark
+
+            sets[name] = load_benchmark(name, data_dir=v.data_dir, limit=v.limit)
+    return sets
+
+
+def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
+    loggers = [instantiate(c) for c in run.logger.values() if c]
+    extra = [instantiate(c) for c in run.callbacks.values() if c]
+    t = run.trainer
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(run),
+        precision=t.precision,
+        max_epochs=1,  # the datamodule yields exactly `iterations` rollout batches
+        logger=loggers or False,
+        callbacks=extra + callbacks,
+        use_distributed_sampler=False,  # the datamodule slices each global batch per rank
+        enable_checkpointing=False,  # IterationCheckpoint counts rollout batches
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        default_root_dir=run.paths.output_dir,
+    )
+
+
+def train(run: RunConfig, hparams: dict[str, Any]) -> dict[str, Any]:
+    """Build everything from a validated config, fit, and return a summary."""
+    preflight(run)
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    model_path, tokenizer = prepare_model(run)
+    datamodule = RLDataModule(
+        train_problems(run),
+        batch_size=run.data.batch_size,
+        iterations=run.iterations,
+        seed=run.seed,
+    )
+    v = run.val
+    val_cb = ValidationCallback(
+        val_sets(run),
+        every=v.every,
+        params=SamplingParams(
+            n=v.n,
+            max_new_tokens=v.max_new_tokens or run.rollout.max_new_tokens,
+            temperature=v.temperature,
+            top_p=v.top_p,
+        ),
+    )
+    ckpt_cb = IterationCheckpoint(
+        run.paths.output_dir,
+        run.checkpoint.every,
+        run.checkpoint.keep_last,
+        run.checkpoint.save_best,
+    )
+    module = SFPOModule(run, model_path, tokenizer)
+    trainer = build_trainer(run, [val_cb, ckpt_cb])
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    return summarize(module, val_cb)
+
+
+def summarize(module: SFPOModule, val_cb: ValidationCallback) -> dict[str, Any]:
+    hist = val_cb.history
+    first, last = (hist[0], hist[-1]) if hist else ({}, {})
+    stop = module.sfpo.stop_step if module.sfpo is not None else None
+    summary = {
+        "iterations": module.iteration,
+        "rollouts": module.rollouts,
+        "wall_clock_s": round(module.wall_clock_s, 1),
+        "val_avg_first": first.get("val/avg"),
+        "val_avg_last": last.get("val/avg"),
+        "stop_step": stop,
+    }
+    if hist:
+        rank_zero_info(
+            f"\n[summary] held-out accuracy (temperature {val_cb.params.temperature}, "
+            f"n={val_cb.params.n}): base {first['val/avg']:.1f}% at iteration "
+            f"{int(first['iteration'])} -> {last['val/avg']:.1f}% at iteration "
+            f"{int(last['iteration'])} ({last['val/avg'] - first['val/avg']:+.1f} points); "
+            f"entropy trigger step: {stop if stop is not None else 'not triggered'}; "
+            f"{module.rollouts} rollouts in {module.wall_clock_s:.0f}s of training"
+        )
+    return summary

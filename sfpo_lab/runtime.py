@@ -1,0 +1,55 @@
+"""Small process-level utilities: seeds, RNG state, gradient norms, memory."""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run touches (python, numpy, torch CPU, CUDA when present)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Global gradient norm (all shards), clipped to ``max_norm`` when it is > 0.
+
+    Works for plain tensors and FSDP2 DTensor gradients (the norm is reduced across ranks).
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    limit = max_norm if max_norm > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (2**30 if sys.platform == "darwin" else 2**20)

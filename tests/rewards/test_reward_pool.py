@@ -1,0 +1,150 @@
+"""``MathVerifier``: the process pool grades like ``grade``, kills hung or crashed workers,
+and keeps working afterwards; inline mode for the main thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from sfpo_lab.rewards.pool import MathVerifier
+from sfpo_lab.rewards.verify import Grade, grade
+
+TIMEOUT_S = 2.0
+
+
+def _sleep_forever(pred: str, gold: str) -> bool:
+    """An injected checker that hangs (runs in a worker; picklable by reference)."""
+    if pred == "hang":
+        time.sleep(3600)
+    return pred == gold
+
+
+def _crash(pred: str, gold: str) -> bool:
+    """An injected checker that kills its worker process outright."""
+    if pred == "crash":
+        os._exit(1)
+    return pred == gold
+
+
+def _raise(pred: str, gold: str) -> bool:
+    raise RuntimeError("checker bug")
+
+
+@pytest.fixture(scope="module")
+def verifier() -> Iterator[MathVerifier]:
+    with MathVerifier(num_workers=2, timeout_s=TIMEOUT_S) as pool:
+        yield pool
+
+
+COMPLETIONS = [r"\boxed{\frac{1}{2}}", r"\boxed{0.3}", "no box", r"\boxed{27}", r"\boxed{27}"]
+GOLDS = ["0.5", r"\frac{1}{3}", "1", "27.0", "28"]
+
+
+def test_pool_matches_inline_grading(verifier: MathVerifier):
+    expected = [grade(c, g) for c, g in zip(COMPLETIONS, GOLDS, strict=True)]
+    assert verifier.grade_many(COMPLETIONS, GOLDS) == expected
+    assert [g.correct for g in expected] == [True, False, False, True, False]
+
+
+def test_inline_mode_matches_too():
+    with MathVerifier(num_workers=0) as inline:
+        assert inline.grade_many(COMPLETIONS, GOLDS) == [
+            grade(c, g) for c, g in zip(COMPLETIONS, GOLDS, strict=True)
+        ]
+
+
+def test_inline_mode_refuses_threads():
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            MathVerifier(num_workers=0).grade_many([r"\boxed{1}"], ["1"])
+        except RuntimeError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors and "main thread" in str(errors[0])
+
+
+def test_empty_batch_and_length_mismatch(verifier: MathVerifier):
+    assert verifier.grade_many([], []) == []
+    with pytest.raises(ValueError, match="one gold per completion"):
+        verifier.grade_many(["a"], [])
+
+
+def test_workers_are_reused_across_calls(verifier: MathVerifier):
+    verifier.grade_many([r"\boxed{1}"], ["1"])
+    start = time.perf_counter()
+    for _ in range(5):
+        assert verifier.grade_many([r"\boxed{2}"] * 8, ["2"] * 8)[0].correct
+    assert time.perf_counter() - start < 2.0
+
+
+def test_a_real_slow_answer_is_killed_by_the_timeout(verifier: MathVerifier):
+    """sympy evaluating 10^(10^10) runs ~10 s; the worker is killed at TIMEOUT_S."""
+    start = time.perf_counter()
+    grades = verifier.grade_many([r"\boxed{10^{10^{10}}}", r"\boxed{3}"], ["1", "3"])
+    assert time.perf_counter() - start < TIMEOUT_S + 2.0
+    assert grades == [
+        Grade(correct=False, boxed=True, pred="10^{10^{10}}"),
+        Grade(correct=True, boxed=True, pred="3"),
+    ]
+    assert verifier.grade_many([r"\boxed{4}"], ["4"])[0].correct
+
+
+def test_an_injected_hang_is_killed_and_the_pool_lives_on():
+    with MathVerifier(num_workers=1, timeout_s=1.0, match_fn=_sleep_forever) as pool:
+        start = time.perf_counter()
+        grades = pool.grade_many([r"\boxed{hang}", r"\boxed{ok}"], ["x", "ok"])
+        assert time.perf_counter() - start < 4.0
+        assert [g.correct for g in grades] == [False, True]
+        assert grades[0].boxed  # a timed-out boxed answer still earns the format reward
+        assert pool.grade_many([r"\boxed{ok}"], ["ok"])[0].correct
+
+
+def test_a_crashing_worker_is_replaced():
+    with MathVerifier(num_workers=1, timeout_s=5.0, match_fn=_crash) as pool:
+        grades = pool.grade_many([r"\boxed{crash}", r"\boxed{a}"], ["a", "a"])
+        assert [g.correct for g in grades] == [False, True]
+        assert pool.grade_many([r"\boxed{b}"], ["b"])[0].correct
+
+
+def test_checker_errors_are_wrong_answers():
+    with MathVerifier(num_workers=1, match_fn=_raise) as pool:
+        assert pool.grade_many([r"\boxed{1}"], ["1"]) == [Grade(False, True, "1")]
+
+
+def test_batch_timeout_bounds_a_whole_call():
+    with MathVerifier(
+        num_workers=1, timeout_s=30.0, batch_timeout_s=1.0, match_fn=_sleep_forever
+    ) as pool:
+        pool.grade_many([r"\boxed{ok}"], ["ok"])  # start the worker outside the timing
+        start = time.perf_counter()
+        grades = pool.grade_many([r"\boxed{hang}", r"\boxed{ok}"], ["x", "ok"])
+        assert time.perf_counter() - start < 3.0
+        assert not grades[0].correct
+        assert pool.grade_many([r"\boxed{ok}"], ["ok"])[0].correct
+
+
+def test_invalid_settings_fail_fast():
+    with pytest.raises(ValueError, match="num_workers"):
+        MathVerifier(num_workers=-1)
+    with pytest.raises(ValueError, match="timeout_s"):
+        MathVerifier(timeout_s=0)
+    with pytest.raises(ValueError, match="start_method"):
+        MathVerifier(start_method="teleport")
+
+
+def test_close_is_idempotent_and_the_verifier_restarts():
+    pool = MathVerifier(num_workers=1)
+    assert pool.grade_many([r"\boxed{1}"], ["1"])[0].correct
+    pool.close()
+    pool.close()
+    assert pool.grade_many([r"\boxed{1}"], ["1"])[0].correct
+    pool.close()

