@@ -188,6 +188,8 @@ class SFPOModule(L.LightningModule):
         if "perf/tokens" in metrics:
             metrics["perf/tokens_per_s"] = metrics.pop("perf/tokens") / step_s
         self.log_iteration(metrics)
+        if self.iteration >= self.run_cfg.iterations:
+            self.trainer.should_stop = True
         for key in ("train/acc", "train/reward", "sfpo/alpha"):
             self.log(key.split("/")[-1], metrics[key], prog_bar=True, logger=False)
 

@@ -123,7 +123,9 @@ def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
         num_nodes=t.num_nodes,
         strategy=build_strategy(run),
         precision=t.precision,
-        max_epochs=1,  # the datamodule yields exactly `iterations` rollout batches
+        # Stopping counts rollout batches (the module sets should_stop at `iterations`), not
+        # Lightning epochs or optimizer steps, so a resumed or extended run continues
+        max_epochs=-1,
         logger=loggers or False,
         callbacks=extra + callbacks,
         use_distributed_sampler=False,  # the datamodule slices each global batch per rank
@@ -167,8 +169,25 @@ def train(run: RunConfig, hparams: dict[str, Any]) -> dict[str, Any]:
     trainer = build_trainer(run, [val_cb, ckpt_cb])
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    if run.ckpt_path is not None:
+        _truncate_logs_after(trainer, run.ckpt_path)
+    # our own checkpoints hold RNG states and counters (not only tensors): trusted input
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=False)
     return summarize(module, val_cb)
+
+
+def _truncate_logs_after(trainer: L.Trainer, ckpt_path: str) -> None:
+    """On resume, drop CSV rows past the checkpoint's iteration (they are about to be redone)."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    iteration = ckpt.get("sfpo_counters", {}).get("iteration")
+    if iteration is None:
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is not an sfpo_lab checkpoint")
+    for logger in trainer.loggers:
+        writer = getattr(logger, "experiment", None)
+        if hasattr(writer, "truncate_after"):
+            writer.truncate_after(iteration)
 
 
 def summarize(module: SFPOModule, val_cb: ValidationCallback) -> dict[str, Any]:

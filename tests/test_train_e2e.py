@@ -149,3 +149,21 @@ def test_fsdp2_two_processes_match_one_process(tmp_path, cache):
     assert w1.keys() == w2.keys()
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst <= 1e-5, worst
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_and_keeps_the_metrics(tmp_path, cache):
+    """2 iterations, then resume to 4 (same dir) == 4 uninterrupted iterations, bitwise;
+    the first run's metrics.csv rows are kept, not deleted by the logger."""
+    common = ["iterations=4", "val.every=2", "checkpoint.every=2", "optim.lr=1e-2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_train(full, *common, cache=cache)
+    run_train(part, *common, "iterations=2", cache=cache)
+    first_rows = read_metrics(part)
+    run_train(part, *common, f"ckpt_path={part / 'last.ckpt'}", cache=cache)
+    rows = read_metrics(part)
+    assert rows[: len(first_rows)] == first_rows
+    iters = [int(float(r["train/iteration"])) for r in rows if r.get("train/iteration")]
+    assert iters == [1, 2, 3, 4]
+    w_full, w_part = policy_weights(full / "last.ckpt"), policy_weights(part / "last.ckpt")
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
