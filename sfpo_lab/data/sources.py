@@ -133,7 +133,9 @@ def _load_rows(name: str, split: str) -> tuple[list[Row], str]:
     path = Path(name).expanduser()
     if path.is_file():
         return read_rows(path), path.stem
-    if path.suffix.lower() in _READERS or name.startswith(("/", "./", "../", "~")):
+    if not path.exists() and (
+        path.suffix.lower() in _READERS or name.startswith(("/", "./", "../", "~"))
+    ):
         raise FileNotFoundError(f"data file not found: {name}")
     import datasets
 
@@ -266,6 +268,9 @@ def load_problems(
             named fields; ``"auto"`` is verl when rows look verl-shaped and lack the named fields.
         source: ``Problem.source``; the file stem / dataset name if None.
         limit: keep the first ``limit`` rows.
+
+    Rows whose gold is empty cannot be graded: they are skipped with a warning (the authors'
+    MATH train file has two). Every other problem in a row is a ``ValueError`` naming it.
     """
     _check_options(layout, answer_extraction, limit)
     rows, name = _load_rows(path_or_hub_name, split)
@@ -286,8 +291,10 @@ def load_problems(
     if skipped:
         log.warning(
             "%s: skipped %d rows with an empty gold answer (rows %s)",
-            path_or_hub_name, len(skipped), skipped[:10],
-        )  # fmt: skip
+            path_or_hub_name,
+            len(skipped),
+            skipped[:10],
+        )
     if not out:
         raise ValueError(f"{path_or_hub_name}: no row has a non-empty gold answer")
     return out

@@ -1,17 +1,29 @@
-"""Rewards: answer extraction, math-verify grading (in a hang-proof process pool), schemes."""
+"""Rewards: answer extraction, math-verify grading (in a hang-proof process pool), schemes.
 
-from sfpo_lab.rewards.extract import last_boxed
-from sfpo_lab.rewards.pool import MathVerifier
-from sfpo_lab.rewards.reward import REWARD_SCHEMES, compute_rewards, get_reward_scheme
-from sfpo_lab.rewards.verify import Grade, answers_match, grade
+Names are imported lazily, so ``sfpo_lab.rewards.extract`` (used by the data loaders) does not
+pull in math-verify, sympy and torch.
+"""
 
-__all__ = [
-    "REWARD_SCHEMES",
-    "Grade",
-    "MathVerifier",
-    "answers_match",
-    "compute_rewards",
-    "get_reward_scheme",
-    "grade",
-    "last_boxed",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "last_boxed": "extract",
+    "Grade": "verify",
+    "answers_match": "verify",
+    "grade": "verify",
+    "MathVerifier": "pool",
+    "REWARD_SCHEMES": "reward",
+    "compute_rewards": "reward",
+    "get_reward_scheme": "reward",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -17,26 +17,30 @@ MAX_BOX_CHARS = 4096
 and it bounds the brace walk on adversarial input."""
 
 _BRACE = re.compile(r"[{}]")
+_ARG_START = re.compile(r"[ \t]*\{")
 
 
-def _last_command(text: str, end: int) -> tuple[int, int] | None:
-    """Return ``(start, open_brace_index)`` of the last box command before ``end``.
+def _brace_after(text: str, index: int) -> int | None:
+    """Index of the ``{`` opening a command's argument at ``index`` (spaces allowed), or None."""
+    match = _ARG_START.match(text, index)
+    return match.end() - 1 if match else None
 
-    A command only counts when the next non-space character is ``{`` (``\\boxed 5`` and
-    ``\\boxedfoo`` are skipped, and the search continues to the left).
+
+def _last_command(text: str) -> int | None:
+    """Index of the ``{`` after the last box command whose argument is braced.
+
+    ``\\boxed 5`` and ``\\boxedfoo`` are skipped and the search goes on to the left. Each
+    command keeps its own search end, so every character is scanned at most once per command.
     """
-    while end > 0:
-        start = max(text.rfind(cmd, 0, end) for cmd in BOX_COMMANDS)
+    found = {cmd: text.rfind(cmd) for cmd in BOX_COMMANDS}
+    while True:
+        cmd, start = max(found.items(), key=lambda item: item[1])
         if start < 0:
             return None
-        cmd_len = next(len(c) for c in BOX_COMMANDS if text.startswith(c, start))
-        brace = start + cmd_len
-        while brace < len(text) and text[brace] in " \t":
-            brace += 1
-        if brace < len(text) and text[brace] == "{":
-            return start, brace
-        end = start
-    return None
+        brace = _brace_after(text, start + len(cmd))
+        if brace is not None:
+            return brace
+        found[cmd] = text.rfind(cmd, 0, start)
 
 
 def _matching_brace(text: str, open_index: int, max_chars: int) -> int | None:
@@ -71,10 +75,9 @@ def last_boxed(text: str, max_chars: int = MAX_BOX_CHARS) -> str | None:
         >>> last_boxed(r"\\boxed{1") is None
         True
     """
-    found = _last_command(text, len(text))
-    if found is None:
+    open_index = _last_command(text)
+    if open_index is None:
         return None
-    _, open_index = found
     close = _matching_brace(text, open_index, max_chars)
     if close is None:
         return None

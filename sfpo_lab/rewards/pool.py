@@ -51,8 +51,11 @@ class MathVerifier:
         batch_timeout_s: optional limit for a whole :meth:`grade_many` call; answers not graded
             by then are wrong (their workers are killed). None = no limit.
         start_method: multiprocessing start method for workers. ``"forkserver"`` (default) is
-            safe in a multi-threaded trainer and replaces a killed worker in milliseconds
-            (math-verify is preloaded in the fork server).
+            safe in a multi-threaded trainer with CUDA, and math-verify is preloaded once in the
+            fork server; but like ``"spawn"`` each new worker re-imports the main script, so keep
+            heavy imports out of its top level (``train.py`` does: ~0.2 s per worker; a script
+            importing torch + transformers at the top costs ~3 s per worker and replacement).
+            ``"fork"`` starts workers in ~0.1 s but forks the (multi-threaded) trainer.
         match_fn: the comparison run in workers (a hook for tests and other checkers).
 
     Use as a context manager or call :meth:`close`.
@@ -92,13 +95,20 @@ class MathVerifier:
                 self._pool.stop()
             context = multiprocessing.get_context(self.start_method)
             if self.start_method == "forkserver":
-                # Workers fork from a server that already imported math-verify (and sympy).
-                context.set_forkserver_preload(["sfpo_lab.rewards.verify"])
+                # Workers (and replacements of killed ones) fork from a server that imported
+                # math-verify once. Each worker still re-runs the main script's top-level code
+                # (Python 3.11 ignores "__main__" here; later versions honour it).
+                context.set_forkserver_preload(["__main__", "sfpo_lab.rewards.verify"])
             self._pool = ProcessPool(
                 max_workers=self.num_workers, initializer=_warm_up, context=context
             )
             _check_health(self._pool)
         return self._pool
+
+    def start(self) -> None:
+        """Start the workers now (else the first :meth:`grade_many` does); checks they work."""
+        if self.num_workers > 0:
+            self._ensure_pool()
 
     def close(self) -> None:
         """Stop the worker processes (idempotent)."""
@@ -106,6 +116,10 @@ class MathVerifier:
             self._pool.stop()
             self._pool.join(timeout=10)
             self._pool = None
+
+    def __getstate__(self) -> dict:
+        """Pickling (e.g. a module sent to spawned ranks) drops the live pool; it restarts."""
+        return {**self.__dict__, "_pool": None}
 
     def __enter__(self) -> MathVerifier:
         return self

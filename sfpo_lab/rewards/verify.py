@@ -1,8 +1,9 @@
 """Grading one completion against a gold answer with math-verify.
 
-The prediction is the last ``\\boxed{}`` of the completion (see :mod:`.extract`); both it and
-the gold are re-wrapped in ``\\boxed{}`` before ``math_verify.parse`` (a bare ``\\sqrt{18}``
-parses to nothing). Any exception counts as wrong.
+The prediction is the last ``\\boxed{}`` of the completion (see :mod:`.extract`), re-wrapped
+in ``\\boxed{}`` for ``math_verify.parse`` (a bare ``\\sqrt{18}`` parses to nothing); the gold
+is parsed both as ``\\boxed{gold}`` and as ``$gold$`` and either may match. Any exception
+counts as wrong.
 
 math-verify bounds its own work with ``signal.alarm`` (5 s per parse, 10 s per comparison),
 which only works in a process's main thread; :class:`~sfpo_lab.rewards.pool.MathVerifier`
@@ -67,15 +68,23 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
-def _boxed_parse(answer: str) -> list:
-    """math-verify parse of ``answer`` wrapped in ``\\boxed{}`` (dollar delimiters removed)."""
-    return parse("\\boxed{" + _DOLLAR.sub("", answer).strip() + "}")
+def _parse_pred(pred: str) -> list:
+    """math-verify parse of a predicted answer, wrapped in ``\\boxed{}``."""
+    return parse("\\boxed{" + pred + "}")
 
 
-def _equal(pred: str, gold: str) -> bool:
-    """math-verify equivalence of two answer strings (gold first: verify is asymmetric)."""
-    gold_parsed, pred_parsed = _boxed_parse(gold), _boxed_parse(pred)
-    return bool(gold_parsed) and bool(pred_parsed) and verify(gold_parsed, pred_parsed)
+def _parse_gold(gold: str) -> list[list]:
+    """The gold parsed two ways: wrapped in ``\\boxed{}`` (keeps text answers such as
+    ``\\text{Evelyn}``) and in ``$...$`` (drops units and ``\\%``, reads ``\\text{(A)}`` as A);
+    a prediction matching either is correct. Empty parses are left out."""
+    gold = _DOLLAR.sub("", gold).strip()
+    parses = (parse("\\boxed{" + gold + "}"), parse("$" + gold + "$"))
+    return [p for p in parses if p]
+
+
+def _verified(pred_parsed: list, gold_parses: list[list]) -> bool:
+    """math-verify equivalence (gold first: ``verify`` is asymmetric)."""
+    return bool(pred_parsed) and any(verify(g, pred_parsed) for g in gold_parses)
 
 
 def _all_parts_match(pred: str, gold: str) -> bool:
@@ -83,12 +92,13 @@ def _all_parts_match(pred: str, gold: str) -> bool:
     gold_parts, pred_parts = split_top_level(gold), split_top_level(pred)
     if len(gold_parts) < 2 or len(gold_parts) != len(pred_parts) or len(gold_parts) > MAX_PARTS:
         return False
-    unused = list(pred_parts)
+    unused = [_parse_pred(p) for p in pred_parts]
     for part in gold_parts:
-        hit = next((p for p in unused if _equal(p, part)), None)
+        gold_parses = _parse_gold(part)
+        hit = next((i for i, p in enumerate(unused) if _verified(p, gold_parses)), None)
         if hit is None:
             return False
-        unused.remove(hit)
+        unused.pop(hit)
     return True
 
 
@@ -102,7 +112,7 @@ def answers_match(pred: str, gold: str) -> bool:
     pred = pred.strip()
     if not pred or len(pred) > MAX_ANSWER_CHARS or not gold.strip():
         return False
-    return _equal(pred, gold) or _all_parts_match(pred, gold)
+    return _verified(_parse_pred(pred), _parse_gold(gold)) or _all_parts_match(pred, gold)
 
 
 def grade(completion: str, gold: str) -> Grade:

@@ -54,7 +54,14 @@ def test_contents_longer_than_the_cap_count_as_unterminated():
         "\\boxed 1" * 100_000,
         "\\boxed{1}" * 100_000,
     ],
-    ids=["1MB-then-box", "1MB-braces", "deep-nesting", "100k-open-boxes", "100k-braceless", "100k-boxes"],
+    ids=[
+        "1MB-then-box",
+        "1MB-braces",
+        "deep-nesting",
+        "100k-open-boxes",
+        "100k-braceless",
+        "100k-boxes",
+    ],
 )
 def test_hostile_strings_are_cheap(text: str):
     start = time.perf_counter()

@@ -4,6 +4,7 @@ and keeps working afterwards; inline mode for the main thread."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -139,6 +140,19 @@ def test_invalid_settings_fail_fast():
         MathVerifier(timeout_s=0)
     with pytest.raises(ValueError, match="start_method"):
         MathVerifier(start_method="teleport")
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_start_methods_and_eager_start(method: str):
+    with MathVerifier(num_workers=1, start_method=method) as pool:
+        pool.start()
+        assert pool.grade_many([r"\boxed{0.5}"], [r"\frac12"])[0].correct
+
+
+def test_a_pickled_verifier_restarts_its_pool(verifier: MathVerifier):
+    verifier.grade_many([r"\boxed{1}"], ["1"])
+    with pickle.loads(pickle.dumps(verifier)) as copy:
+        assert copy.grade_many([r"\boxed{1}"], ["1"])[0].correct
 
 
 def test_close_is_idempotent_and_the_verifier_restarts():

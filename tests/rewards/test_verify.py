@@ -84,8 +84,19 @@ def test_empty_and_overlong_answers_never_match():
 
 
 def test_checker_exceptions_are_wrong_not_raised():
-    # An unbalanced \left makes latex2sympy fail; grade() must swallow it.
-    assert grade(r"\boxed{\left( 1}", "1").correct is False
+    # A gold of the wrong type makes answers_match raise; grade() turns that into "wrong".
+    with pytest.raises(AttributeError):
+        answers_match("1", None)  # type: ignore[arg-type]
+    assert grade(r"\boxed{1}", None) == Grade(correct=False, boxed=True, pred="1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold"),
+    [(r"\boxed{A}", r"\text{(A)}"), (r"\boxed{5}", r"5\text{ cm}"), (r"\boxed{12}", r"12\%")],
+)
+def test_gold_parsed_in_dollars_too(completion: str, gold: str):
+    """Golds are parsed both boxed and in $...$: units, \\% and lettered choices drop away."""
+    assert grade(completion, gold).correct
 
 
 @pytest.mark.parametrize(
