@@ -11,6 +11,7 @@ FSDP2 run equals that of a 1-process run on the same data.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -169,12 +170,12 @@ class UpdatePass:
                 w = 1.0 if k in ("pg_loss", "kl") else len(micro) / len(mini)
                 stats[k] = stats.get(k, 0.0) + v * w
         grad_norm = clip_grad_norm(m.policy, run.optim.grad_clip)
-        finite = bool(torch.isfinite(torch.tensor(grad_norm))) and all(
-            map(lambda v: v == v, stats.values())
-        )
         for k in ("pg_loss", "kl"):
             if k in stats:  # each rank holds dp_size x its share of the global mean
                 stats[k] = _sum(m, stats[k]) / world
+        # decide on global quantities only (grad norm and loss are reduced over ranks), so
+        # every rank skips or steps together
+        finite = math.isfinite(grad_norm) and math.isfinite(stats.get("pg_loss", 0.0))
         stats["grad_norm"] = grad_norm
         if finite:
             opt.step()

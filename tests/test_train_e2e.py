@@ -80,12 +80,13 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["grpo", "sfpo"])
-def test_three_iterations_learn_and_log_everything(tmp_path, cache, algo):
-    run_train(tmp_path, f"algorithm={algo}", cache=cache)
+@pytest.mark.parametrize(("algo", "kl"), [("grpo", 0.0), ("sfpo", 0.0), ("sfpo", 0.01)])
+def test_three_iterations_learn_and_log_everything(tmp_path, cache, algo, kl):
+    run_train(tmp_path, f"algorithm={algo}", f"loss.kl_coef={kl}", cache=cache)
     rows = read_metrics(tmp_path)
     keys = set().union(*(r.keys() for r in rows))
-    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    required = REQUIRED_KEYS + (["train/kl"] if kl > 0 else [])
+    missing = [k for k in required if k not in keys]
     assert not missing, f"metrics.csv lacks {missing}"
     alphas = {float(r["sfpo/alpha"]) for r in rows if r.get("sfpo/alpha")}
     assert alphas == ({0.0} if algo == "grpo" else {0.8})
