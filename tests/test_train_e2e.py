@@ -134,7 +134,9 @@ def test_existing_checkpoint_is_never_overwritten(tmp_path, cache):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_fsdp2_two_processes_match_one_process(tmp_path, cache):
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_two_processes_match_one_process(tmp_path, cache, strategy):
+    """FSDP2 (ModelParallelStrategy, fully_shard) and DDP on 2 gloo ranks == 1 process."""
     common = [
         "iterations=2",
         "algorithm=sfpo",
@@ -145,7 +147,7 @@ def test_fsdp2_two_processes_match_one_process(tmp_path, cache):
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     run_train(one, *common, cache=cache)
-    run_train(two, *common, "trainer.strategy=fsdp", "trainer.devices=2", cache=cache)
+    run_train(two, *common, f"trainer.strategy={strategy}", "trainer.devices=2", cache=cache)
     w1, w2 = policy_weights(one / "last.ckpt"), policy_weights(two / "last.ckpt")
     assert w1.keys() == w2.keys()
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
