@@ -50,6 +50,7 @@ class SFPOModule(L.LightningModule):
         self.wall_clock_s = 0.0
         self.skipped_steps = 0
         self.last_val: dict[str, float] = {}
+        self._engine_synced_at: int | None = None  # iteration whose weights the engine holds
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -172,7 +173,8 @@ class SFPOModule(L.LightningModule):
     def _finish_iteration(self, metrics: dict[str, float], t_start: float, n_local: int) -> None:
         step_s = time.perf_counter() - t_start
         self.iteration += 1
-        n_global = int(self.trainer.strategy.reduce(torch.tensor(n_local), reduce_op="sum"))
+        n_local_t = torch.tensor(n_local, device=self.device)  # NCCL reduces CUDA tensors only
+        n_global = int(self.trainer.strategy.reduce(n_local_t, reduce_op="sum"))
         self.rollouts += n_global
         self.wall_clock_s += step_s
         metrics.update(
@@ -204,6 +206,9 @@ class SFPOModule(L.LightningModule):
         """Push theta to the generation engine if it holds its own copy; returns seconds."""
         if self.engine is None or not self.engine.owns_model:
             return 0.0
+        if self._engine_synced_at == self.iteration:  # theta only changes in training_step
+            return 0.0
+        self._engine_synced_at = self.iteration
         return push_full_weights(self.policy, self.engine)
 
     # ------------------------------------------------------------------ checkpoints
