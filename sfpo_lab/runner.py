@@ -24,9 +24,16 @@ from sfpo_lab.module import SFPOModule
 from sfpo_lab.parallel import build_strategy
 from sfpo_lab.rollout.base import SamplingParams
 
+_DATA_SUFFIXES = {".parquet", ".jsonl", ".json", ".csv"}
+
 
 def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.path.sep in name.strip("/").split("/", 1)[-1]
+    """A path, not a hub id ('org/name'): explicit prefixes, other slash counts, file types."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") != 1
+        or Path(name).suffix in _DATA_SUFFIXES
+    )
 
 
 def preflight(run: RunConfig) -> None:
@@ -37,7 +44,7 @@ def preflight(run: RunConfig) -> None:
                 raise ConfigError(f"data.train_files: file not found: {f}")
     name = run.model.name_or_path
     if name is not None and not Path(name).exists():
-        if _looks_local(name) or name.count("/") != 1:
+        if _looks_local(name):
             raise ConfigError(
                 f"model.name_or_path={name!r}: not a local directory and not a hub id "
                 "('org/name'); choose model=<one of conf/model/*.yaml> or give a path"
@@ -47,11 +54,11 @@ def preflight(run: RunConfig) -> None:
 
             if not isinstance(try_to_load_from_cache(name, "config.json"), str):
                 raise ConfigError(f"model.name_or_path={name!r}: HF_HUB_OFFLINE=1 and not cached")
-    if run.rollout.engine == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ConfigError("rollout.engine=vllm but vllm is not installed") from e
+    if run.rollout.engine != "hf":
+        # refuse rather than silently generating with the HF engine
+        raise ConfigError(
+            f"rollout.engine={run.rollout.engine!r} is not implemented yet (only 'hf')"
+        )
     out = Path(run.paths.output_dir)
     if run.ckpt_path is None and any(out.glob("*.ckpt")):
         raise ConfigError(
