@@ -2,8 +2,11 @@
 
 Lightning's ModelCheckpoint counts optimizer steps (K+1 per SFPO iteration, 1 after the
 entropy trigger), so it cannot save "every N iterations"; this callback counts iterations.
-A checkpoint is written to a temporary file and renamed, so a kill during a save never leaves
-a corrupt ``last.ckpt``.
+A checkpoint is written to a temporary file, flushed to disk and renamed, so a kill (or a
+power loss) during a save never leaves a corrupt ``last.ckpt``: it names the previous complete
+checkpoint until the new one is whole. ``last.ckpt`` is a hard link to the newest
+``iter-N.ckpt`` (no second copy on disk); older ``iter-*.ckpt`` beyond ``keep_last`` are deleted
+only after the new one is in place.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ class IterationCheckpoint(L.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best", -math.inf)
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # temporaries of a save that was killed: never complete, never referenced
+        if trainer.is_global_zero and self.dirpath.is_dir():
+            for stale in self.dirpath.glob(".*.ckpt.tmp"):
+                stale.unlink()
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         it = pl_module.iteration
         val = pl_module.last_val
@@ -52,9 +61,10 @@ class IterationCheckpoint(L.Callback):
         """Write ``name`` atomically (all ranks take part, rank 0 renames)."""
         final = self.dirpath / name
         tmp = self.dirpath / f".{name}.tmp"
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp)  # refuses non-finite weights (SFPOModule.on_save_checkpoint)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
+            _fsync(tmp)
             os.replace(tmp, final)
             if also_last:
                 last_tmp = self.dirpath / ".last.ckpt.tmp"
@@ -63,6 +73,7 @@ class IterationCheckpoint(L.Callback):
                 os.link(final, last_tmp)
                 os.replace(last_tmp, self.dirpath / "last.ckpt")
                 self._prune()
+            _fsync(self.dirpath)
         trainer.strategy.barrier()
         return final
 
@@ -70,3 +81,12 @@ class IterationCheckpoint(L.Callback):
         kept = sorted(self.dirpath.glob("iter-*.ckpt"))
         for old in kept[: max(0, len(kept) - self.keep_last)]:
             old.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data (or a directory's entries) to disk before it is relied upon."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -111,3 +111,43 @@ def response_logprobs(
             if with_entropy:
                 ents.append(entropy_from_logits(logits))
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+def old_logprobs_policy(
+    mode: str,
+    trainer_logprobs: Tensor,
+    engine_logprobs: Tensor | None,
+    response_mask: Tensor,
+) -> tuple[Tensor, dict[str, float]]:
+    """Choose the old log-probs (log pi_theta0 in the clip ratio, Eq. 4) and measure the
+    train/inference mismatch.
+
+    Args:
+        mode: ``"recompute"`` keeps the trainer's teacher-forced log-probs at theta0 (verl's
+            default); ``"engine"`` uses the rollout engine's, i.e. the exact sampling
+            distribution (vLLM ``processed_logprobs``).
+        trainer_logprobs: ``[N, R]`` teacher-forced log-probs at theta0.
+        engine_logprobs: ``[N, R]`` the engine's log-probs of the same tokens, or None.
+        response_mask: ``[N, R]`` 1 on response tokens.
+
+    Returns:
+        ``([N, R] old log-probs, metrics)``; with engine log-probs the metrics hold
+        ``rollout/logprob_diff_mean`` and ``rollout/logprob_diff_max``: |engine - trainer| over
+        this rank's response tokens.
+    """
+    if mode not in ("recompute", "engine"):
+        raise ValueError(f"rollout.logprobs must be 'recompute' or 'engine', got {mode!r}")
+    if engine_logprobs is None:
+        if mode == "engine":
+            raise ValueError("rollout.logprobs='engine' but the engine returned no log-probs")
+        return trainer_logprobs, {}
+    engine_logprobs = engine_logprobs.to(trainer_logprobs.device, trainer_logprobs.dtype)
+    mask = response_mask.bool()
+    diff = (engine_logprobs - trainer_logprobs).abs()[mask]
+    metrics = {
+        "rollout/logprob_diff_mean": float(diff.mean()) if diff.numel() else 0.0,
+        "rollout/logprob_diff_max": float(diff.max()) if diff.numel() else 0.0,
+    }
+    if mode == "engine":
+        return engine_logprobs.masked_fill(~mask, 0.0), metrics
+    return trainer_logprobs, metrics

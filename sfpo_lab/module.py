@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from copy import deepcopy
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -18,9 +19,10 @@ from torch import Tensor
 from sfpo_lab.algos import SFPO, EntropyTrigger
 from sfpo_lab.config import RunConfig
 from sfpo_lab.models import build_causal_lm
+from sfpo_lab.rollout.base import RolloutEngine, derive_seed
 from sfpo_lab.rollout.hf import HFEngine
 from sfpo_lab.rollout.sync import push_full_weights
-from sfpo_lab.runtime import peak_memory_gb, rng_state, set_rng_state
+from sfpo_lab.runtime import nonfinite_params, peak_memory_gb, rng_state, set_rng_state
 from sfpo_lab.stages import ExperienceMaker, UpdatePass
 
 
@@ -41,7 +43,7 @@ class SFPOModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.policy: torch.nn.Module | None = None
         self.ref_policy: torch.nn.Module | None = None
-        self.engine: HFEngine | None = None
+        self.engine: RolloutEngine | None = None  # HFEngine or VLLMEngine
         self.sfpo: SFPO | None = None
         self._pending: dict[str, Any] = {}
         # counters in rollout batches; saved in checkpoints (Fig. 4 needs rollouts + wall-clock)
@@ -49,8 +51,12 @@ class SFPOModule(L.LightningModule):
         self.rollouts = 0
         self.wall_clock_s = 0.0
         self.skipped_steps = 0
+        self.consecutive_skips = 0  # optimizer steps in a row skipped as non-finite
+        self.restored_iterations = 0  # SFPO iterations rolled back to theta0
+        self.consecutive_restores = 0
         self.last_val: dict[str, float] = {}
         self._engine_synced_at: int | None = None  # iteration whose weights the engine holds
+        self._engine_sync_s = 0.0  # how long pushing those weights took
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -63,15 +69,47 @@ class SFPOModule(L.LightningModule):
         if run.loss.kl_coef > 0:
             self.ref_policy = deepcopy(self.policy).eval().requires_grad_(False)
         sharded = run.trainer.strategy == "fsdp"
-        # Under FSDP2 generation runs on a full copy refreshed once per iteration (never a
-        # per-token all-gather); otherwise the engine generates with the policy itself.
-        gen_model = deepcopy(self.policy).eval().requires_grad_(False) if sharded else self.policy
+        # Under FSDP2 the HF engine generates with a full copy refreshed once per iteration
+        # (never a per-token all-gather); otherwise with the policy itself. vLLM always holds
+        # its own copy, started from the same weights, refreshed the same way.
+        vllm = run.rollout.engine == "vllm"
+        own_copy = sharded and not vllm
+        gen_model = deepcopy(self.policy).eval().requires_grad_(False) if own_copy else self.policy
         if sharded:
             from sfpo_lab.parallel import shard_fsdp2
 
             shard_fsdp2(self.policy, self.device_mesh)
         tok = self.tokenizer
-        self.engine = HFEngine(gen_model, tok.pad_token_id, tok.eos_token_id, owns_model=sharded)
+        if vllm:
+            self.engine = self._vllm_engine()
+        else:
+            self.engine = HFEngine(
+                gen_model, tok.pad_token_id, tok.eos_token_id, owns_model=own_copy
+            )
+
+    def _vllm_engine(self) -> Any:
+        """One colocated vLLM engine per rank (``rollout.vllm``), on the policy's base weights."""
+        from sfpo_lab.rollout.vllm import VLLMEngine
+
+        run, v, tok = self.run_cfg, self.run_cfg.rollout.vllm, self.tokenizer
+        longest = max(run.rollout.max_new_tokens, run.val.max_new_tokens or 0)
+        return VLLMEngine(
+            self.model_path,
+            tok.pad_token_id,
+            tok.eos_token_id,
+            max_model_len=v.max_model_len or run.data.max_prompt_len + longest,
+            dtype=v.dtype or run.model.dtype,
+            seed=derive_seed(run.seed, self.global_rank),
+            device=self.trainer.strategy.root_device,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            enable_sleep_mode=v.enable_sleep_mode,
+            sleep_level=v.sleep_level,
+            cpu_kv_cache_gib=v.cpu_kv_cache_gib,
+            enforce_eager=v.enforce_eager,
+            world_size=self.trainer.world_size,
+            rank=self.global_rank,
+            local_rank=self.local_rank,
+        )
 
     def configure_optimizers(self) -> Any:
         o = self.run_cfg.optim
@@ -140,6 +178,7 @@ class SFPOModule(L.LightningModule):
         # when alpha = 0: this is the only update)
         slow = self.sfpo.slow(lambda: self.updater(exp))
 
+        # end(): theta0 comes back if the iteration left a NaN/inf in the weights
         metrics.update(self._stage_metrics(fast, slow, self.sfpo.end()))
         metrics["perf/update_s"] = time.perf_counter() - t_update
         metrics.update(self._sfpo_metrics(self.sfpo.observe_entropy(h_s)))
@@ -156,10 +195,26 @@ class SFPOModule(L.LightningModule):
         skipped = int(sum(p.get("skipped_steps", 0) for p in passes))
         self.skipped_steps += skipped
         out["train/skipped_steps"] = float(self.skipped_steps)
+        self._count_restore(bool(engine.get("restored_theta0", 0.0)))
+        out["train/restored_iterations"] = float(self.restored_iterations)
         for key in ("fast_steps", "reposition_s", "snapshot_bytes", "restored_theta0"):
             if key in engine:
                 out[f"sfpo/{key}"] = float(engine[key])
         return out
+
+    def _count_restore(self, restored: bool) -> None:
+        """Count iterations rolled back to theta0; stop after ``update.max_skipped_steps`` in
+        a row (the optimizer state itself is then likely poisoned)."""
+        self.restored_iterations += restored
+        self.consecutive_restores = self.consecutive_restores + 1 if restored else 0
+        limit = self.run_cfg.update.max_skipped_steps
+        if self.consecutive_restores >= limit:
+            raise RuntimeError(
+                f"{limit} consecutive SFPO iterations left non-finite weights and were restored "
+                f"to theta0 (update.max_skipped_steps={limit}); stopping at iteration "
+                f"{self.iteration + 1}. Lower optim.lr or check the data; the last checkpoint "
+                "holds finite weights"
+            )
 
     def _sfpo_metrics(self, obs: dict[str, Any]) -> dict[str, float]:
         stop = obs.get("stop_step")
@@ -203,25 +258,51 @@ class SFPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------ weights for the engine
     def sync_engine(self) -> float:
-        """Push theta to the generation engine if it holds its own copy; returns seconds."""
-        if self.engine is None or not self.engine.owns_model:
+        """Push theta to the generation engine if it holds its own copy, once per weight version.
+
+        Returns the seconds the push of the current weights took, also when validation pushed
+        them first (``perf/weight_sync_s``); 0 for an engine that generates with the policy.
+        """
+        engine = self.engine
+        if engine is None or not engine.owns_model:
             return 0.0
-        if self._engine_synced_at == self.iteration:  # theta only changes in training_step
-            return 0.0
+        # theta only changes in training_step; a vLLM engine in level-2 sleep dropped its copy
+        if self._engine_synced_at == self.iteration and not getattr(engine, "needs_weights", 0):
+            return self._engine_sync_s
         self._engine_synced_at = self.iteration
-        return push_full_weights(self.policy, self.engine)
+        bucket = self.run_cfg.rollout.sync_bucket_mb * 2**20
+        dtype = getattr(engine, "dtype", None)
+        self._engine_sync_s = push_full_weights(self.policy, engine, bucket, dtype=dtype)
+        return self._engine_sync_s
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._refuse_nonfinite_weights()
         checkpoint["sfpo_engine"] = self.sfpo.state_dict() if self.sfpo else None
         checkpoint["sfpo_counters"] = {
             "iteration": self.iteration,
             "rollouts": self.rollouts,
             "wall_clock_s": self.wall_clock_s,
             "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "restored_iterations": self.restored_iterations,
+            "consecutive_restores": self.consecutive_restores,
         }
         checkpoint["sfpo_rng"] = rng_state()
-        checkpoint["sfpo_config"] = {"model": self.run_cfg.model.name}
+        # the whole config that made this state (Hydra rewrites .hydra/config.yaml on every
+        # launch into the run dir; this copy is never lost) and is checked again on resume
+        checkpoint["sfpo_config"] = {"model": self.run_cfg.model.name, "run": asdict(self.run_cfg)}
+
+    def _refuse_nonfinite_weights(self) -> None:
+        """No checkpoint ever holds a NaN/inf weight: decided on all ranks together."""
+        bad = nonfinite_params(self.policy)
+        flag = torch.tensor(float(len(bad)), device=self.device)
+        if float(self.trainer.strategy.reduce(flag, reduce_op="sum")) > 0:
+            raise RuntimeError(
+                f"refusing to save a checkpoint at iteration {self.iteration}: non-finite "
+                f"weights in {bad[:3] or 'another rank'}{' ...' if len(bad) > 3 else ''}; "
+                "the previous checkpoints are kept unchanged"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("sfpo_config", {}).get("model")

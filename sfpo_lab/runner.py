@@ -7,12 +7,14 @@ dirs, checkpoint paths) is checked in :func:`preflight`, before anything heavy s
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from sfpo_lab.checkpointing import IterationCheckpoint
 from sfpo_lab.config import ConfigError, RunConfig
@@ -22,6 +24,7 @@ from sfpo_lab.data.sources import load_problems
 from sfpo_lab.eval.callback import ValidationCallback
 from sfpo_lab.module import SFPOModule
 from sfpo_lab.parallel import build_strategy
+from sfpo_lab.preemption import PreemptionCallback
 from sfpo_lab.rollout.base import SamplingParams
 
 _DATA_SUFFIXES = {".parquet", ".jsonl", ".json", ".csv"}
@@ -42,34 +45,108 @@ def preflight(run: RunConfig) -> None:
         for f in run.data.train_files:
             if _looks_local(f) and not Path(f).exists():
                 raise ConfigError(f"data.train_files: file not found: {f}")
-    name = run.model.name_or_path
-    if name is not None and not Path(name).exists():
-        if _looks_local(name):
-            raise ConfigError(
-                f"model.name_or_path={name!r}: not a local directory and not a hub id "
-                "('org/name'); choose model=<one of conf/model/*.yaml> or give a path"
-            )
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            from huggingface_hub import try_to_load_from_cache
+    _check_model_source("model.name_or_path", run.model.name_or_path)
+    _check_model_source("model.tokenizer", run.model.tokenizer)
+    if run.rollout.engine == "vllm":
+        _check_vllm_importable()
+    _check_output_and_resume(run)
 
-            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-                raise ConfigError(f"model.name_or_path={name!r}: HF_HUB_OFFLINE=1 and not cached")
-    if run.rollout.engine != "hf":
-        # refuse rather than silently generating with the HF engine
+
+def _check_model_source(key: str, name: str | None) -> None:
+    """A local dir that exists, or a hub id (cached, when the hub is offline)."""
+    if name is None or Path(name).exists():
+        return
+    if _looks_local(name):
         raise ConfigError(
-            f"rollout.engine={run.rollout.engine!r} is not implemented yet (only 'hf')"
+            f"{key}={name!r}: not a local directory and not a hub id "
+            "('org/name'); choose model=<one of conf/model/*.yaml> or give a path"
         )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        probe = "config.json" if key == "model.name_or_path" else "tokenizer_config.json"
+        if not isinstance(try_to_load_from_cache(name, probe), str):
+            raise ConfigError(f"{key}={name!r}: HF_HUB_OFFLINE=1 and not cached")
+
+
+def _check_output_and_resume(run: RunConfig) -> None:
+    """The run dir is writable and never overwritten; a resume checkpoint fits this config."""
     out = Path(run.paths.output_dir)
+    if run.ckpt_path == "last":
+        # requeue-friendly: the same command starts a run, and resumes it after preemption
+        last = out / "last.ckpt"
+        run.ckpt_path = str(last) if last.is_file() else None
+        rank_zero_info(f"[resume] ckpt_path=last -> {run.ckpt_path or 'no checkpoint yet: start'}")
     if run.ckpt_path is None and any(out.glob("*.ckpt")):
         raise ConfigError(
-            f"{out} already holds checkpoints; resume with ckpt_path={out / 'last.ckpt'} "
+            f"{out} already holds checkpoints; resume with ckpt_path=last "
             "or choose a new hydra.run.dir (nothing was overwritten)"
         )
-    if run.ckpt_path is not None and not Path(run.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={run.ckpt_path!r}: no such checkpoint file")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"paths.output_dir={str(out)!r} is not writable")
+    if run.ckpt_path is not None:
+        check_resumable(run, run.ckpt_path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe.{os.getpid()}"
+        probe.touch()  # os.access says yes to root even on a read-only mount
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"paths.output_dir={str(out)!r} is not writable ({e.strerror})") from None
+
+
+def _check_vllm_importable() -> None:
+    """rollout=vllm: the package must import here (before the model, data or processes)."""
+    from sfpo_lab.rollout.vllm import import_vllm
+
+    try:
+        import_vllm()
+    except ImportError as err:
+        raise ConfigError(f"invalid config: rollout.engine='vllm' (rollout=vllm): {err}") from None
+
+
+RESUME_KEYS = (
+    "model.name",
+    "model.name_or_path",
+    "model.tiny",
+    "model.dtype",
+    "seed",
+    "data.kind",
+    "data.train_files",
+    "data.batch_size",
+)
+"""Settings a resumed run must share with its checkpoint (weights shapes, data order)."""
+
+
+def check_resumable(run: RunConfig, ckpt_path: str) -> None:
+    """The checkpoint is readable, is ours, and was made by a compatible config (no model yet)."""
+    import torch
+
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # truncated / not a torch file: several exception types
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: not a readable checkpoint ({type(e).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or "sfpo_counters" not in ckpt:
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is not an sfpo_lab checkpoint")
+    saved = (ckpt.get("sfpo_config") or {}).get("run")
+    if saved is None:
+        return  # older checkpoints: the model name is still checked on load
+    ours = asdict(run)
+    for key in RESUME_KEYS:
+        a, b = _dotted(saved, key), _dotted(ours, key)
+        if a != b:
+            raise ConfigError(
+                f"ckpt_path={ckpt_path!r} was made with {key}={a!r}, this run has {key}={b!r}; "
+                "resume with the same setting or start a new run dir"
+            )
+
+
+def _dotted(d: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return list(d) if isinstance(d, list | tuple) else d
 
 
 def prepare_model(run: RunConfig) -> tuple[str, Any]:
@@ -144,20 +221,29 @@ def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
     )
 
 
-def train(run: RunConfig, hparams: dict[str, Any]) -> dict[str, Any]:
-    """Build everything from a validated config, fit, and return a summary."""
+def train(
+    run: RunConfig, hparams: dict[str, Any], callbacks: Sequence[L.Callback] = ()
+) -> dict[str, Any]:
+    """Build everything from a validated config, fit, and return a summary.
+
+    ``callbacks`` are added after the built-in ones (validation, checkpoint, preemption).
+    A SIGTERM / SIGUSR1 during training ends it with ``SystemExit(0)`` after a checkpoint.
+    """
+    requeued = run.ckpt_path == "last"
     preflight(run)
     L.seed_everything(run.seed, workers=True, verbose=False)
-    model_path, tokenizer = prepare_model(run)
+    # data before the model: a bad file fails in seconds, not after a model load or warm-up
     datamodule = RLDataModule(
         train_problems(run),
         batch_size=run.data.batch_size,
         iterations=run.iterations,
         seed=run.seed,
     )
+    benchmarks = val_sets(run)
+    model_path, tokenizer = prepare_model(run)
     v = run.val
     val_cb = ValidationCallback(
-        val_sets(run),
+        benchmarks,
         every=v.every,
         params=SamplingParams(
             n=v.n,
@@ -173,24 +259,30 @@ def train(run: RunConfig, hparams: dict[str, Any]) -> dict[str, Any]:
         run.checkpoint.save_best,
     )
     module = SFPOModule(run, model_path, tokenizer)
-    trainer = build_trainer(run, [val_cb, ckpt_cb])
+    # order matters at each iteration end: validate, checkpoint, then honour a preemption
+    trainer = build_trainer(run, [val_cb, ckpt_cb, PreemptionCallback(ckpt_cb), *callbacks])
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     if run.ckpt_path is not None:
-        _truncate_logs_after(trainer, run.ckpt_path)
+        _truncate_logs_after(trainer, _checkpoint_iteration(run.ckpt_path))
+    elif requeued:  # killed before its first checkpoint: its rows are about to be redone
+        _truncate_logs_after(trainer, -1)
     # our own checkpoints hold RNG states and counters (not only tensors): trusted input
     trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=False)
     return summarize(module, val_cb)
 
 
-def _truncate_logs_after(trainer: L.Trainer, ckpt_path: str) -> None:
-    """On resume, drop CSV rows past the checkpoint's iteration (they are about to be redone)."""
+def _checkpoint_iteration(ckpt_path: str) -> int:
     import torch
 
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    iteration = ckpt.get("sfpo_counters", {}).get("iteration")
-    if iteration is None:
-        raise ConfigError(f"ckpt_path={ckpt_path!r} is not an sfpo_lab checkpoint")
+    return int(ckpt["sfpo_counters"]["iteration"])  # an sfpo_lab checkpoint (preflight)
+
+
+def _truncate_logs_after(trainer: L.Trainer, iteration: int) -> None:
+    """On resume, drop CSV rows past the checkpoint's iteration (they are about to be redone)."""
+    if rank_zero_only.rank != 0:  # set from the launcher's env before fit; rank 0 owns the file
+        return
     for logger in trainer.loggers:
         writer = getattr(logger, "experiment", None)
         if hasattr(writer, "truncate_after"):

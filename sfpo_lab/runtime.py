@@ -13,10 +13,15 @@ from torch import nn
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a run touches (python, numpy, torch CPU, CUDA when present)."""
+    """Every RNG a run touches (python, numpy, torch CPU, CUDA when present).
+
+    Only tuples, ints, floats, strings and tensors, so a checkpoint holding it loads under
+    ``torch.load(weights_only=True)`` (Lightning's FSDP2 resume path loads it that way).
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -26,7 +31,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # older checkpoints
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -45,6 +52,20 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return float(norm)
+
+
+@torch.no_grad()
+def nonfinite_params(model: nn.Module) -> list[str]:
+    """Names of parameters holding a NaN or an inf in this rank's (local shard of the) values.
+
+    The caller reduces "any rank found one" across ranks when the model is sharded.
+    """
+    bad = []
+    for name, p in model.named_parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        if local.numel() and not bool(torch.isfinite(local).all()):
+            bad.append(name)
+    return bad
 
 
 def peak_memory_gb(device: torch.device) -> float:

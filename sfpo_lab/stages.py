@@ -27,7 +27,12 @@ from sfpo_lab.algos import (
     logprobs_from_logits,
 )
 from sfpo_lab.data.templates import render_prompt
-from sfpo_lab.experience import Experience, response_logits, response_logprobs
+from sfpo_lab.experience import (
+    Experience,
+    old_logprobs_policy,
+    response_logits,
+    response_logprobs,
+)
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rewards.reward import compute_rewards
 from sfpo_lab.rollout.base import SamplingParams, concat_rollouts, derive_seed
@@ -55,6 +60,8 @@ class ExperienceMaker:
             temperature=r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
+            # vLLM's log-probs come almost free: always measure the train/inference mismatch
+            return_logprobs=r.engine == "vllm" or r.logprobs == "engine",
         )
         self.verifier = MathVerifier(num_workers=r.reward_workers, timeout_s=r.reward_timeout_s)
         self.advantage_fn = get_advantage_estimator(module.run_cfg.loss.advantage)
@@ -102,6 +109,9 @@ class ExperienceMaker:
         t_b = run.rollout.temperature
         mb = run.update.micro_batch_size
         exp.old_logprobs, entropy = response_logprobs(m.policy, exp, t_b, mb, with_entropy=True)
+        exp.old_logprobs, lp_metrics = old_logprobs_policy(
+            run.rollout.logprobs, exp.old_logprobs, ro.logprobs, exp.response_mask
+        )
         if m.ref_policy is not None:
             exp.ref_logprobs, _ = response_logprobs(m.ref_policy, exp, t_b, mb)
         if hasattr(m.policy, "reshard"):
@@ -124,6 +134,7 @@ class ExperienceMaker:
             "perf/weight_sync_s": sync_s,
             "perf/tokens": n_tok,
         }
+        metrics.update(lp_metrics)  # rollout/logprob_diff_{mean,max} when the engine gave them
         return exp, metrics
 
 
@@ -133,7 +144,6 @@ class UpdatePass:
     def __init__(self, module: SFPOModule) -> None:
         self.m = module
         self.loss_fn = get_policy_loss(module.run_cfg.loss.policy_loss)
-        self.consecutive_skips = 0
 
     def __call__(self, exp: Experience) -> dict[str, float]:
         m, run = self.m, self.m.run_cfg
@@ -179,12 +189,12 @@ class UpdatePass:
         stats["grad_norm"] = grad_norm
         if finite:
             opt.step()
-            self.consecutive_skips = 0
+            m.consecutive_skips = 0
         else:
-            self.consecutive_skips += 1
+            m.consecutive_skips += 1  # on the module: checkpointed with the other counters
             stats["skipped_steps"] = 1.0
             limit = run.update.max_skipped_steps
-            if self.consecutive_skips >= limit:
+            if m.consecutive_skips >= limit:
                 raise RuntimeError(
                     f"{limit} consecutive optimizer steps had a non-finite loss or gradient "
                     f"(update.max_skipped_steps={limit}); stopping before weights are corrupted"

@@ -112,7 +112,7 @@ def test_three_iterations_learn_and_log_everything(tmp_path, cache, algo, kl):
         ("update.micro_batch_size=5", "update.micro_batch_size"),
         ("data=dapo_math paths.data_dir=/nonexistent", "data.train_files"),
         ("data=dapo_math paths.data_dir=no_such_dir", "data.train_files"),
-        ("rollout=vllm", "rollout.engine"),
+        ("rollout.engine=sglang", "rollout.engine"),
         ("model=gpt-17", "model"),
         ("model.name_or_path=./no/such/dir", "model.name_or_path"),
     ],

@@ -1,4 +1,7 @@
-"""Rollout engines behind one interface (:class:`RolloutEngine`): HF ``generate`` now, vLLM later."""
+"""Rollout engines behind one interface (:class:`RolloutEngine`): HF ``generate`` and vLLM.
+
+``VLLMEngine`` imports without vllm installed; constructing it needs the package.
+"""
 
 from sfpo_lab.rollout.base import (
     RolloutBatch,
@@ -12,12 +15,14 @@ from sfpo_lab.rollout.base import (
 )
 from sfpo_lab.rollout.hf import HFEngine
 from sfpo_lab.rollout.sync import iter_full_tensors, load_named_tensors_, push_full_weights
+from sfpo_lab.rollout.vllm import VLLMEngine
 
 __all__ = [
     "HFEngine",
     "RolloutBatch",
     "RolloutEngine",
     "SamplingParams",
+    "VLLMEngine",
     "build_rollout_batch",
     "concat_rollouts",
     "derive_seed",

@@ -1,7 +1,8 @@
 """The rollout-engine interface: sampling settings, the batch every engine returns, and the protocol.
 
-Every engine (HF ``generate`` in :mod:`sfpo_lab.rollout.hf`, vLLM later) returns the same
-:class:`RolloutBatch`, so the trainer never knows which one produced its rollouts.
+Every engine (HF ``generate`` in :mod:`sfpo_lab.rollout.hf`, vLLM in
+:mod:`sfpo_lab.rollout.vllm`) returns the same :class:`RolloutBatch`, so the trainer never knows
+which one produced its rollouts.
 
 Shapes used below: B prompts, n samples per prompt, N = B * n rows (prompt-major: rows
 ``i*n .. i*n+n-1`` belong to prompt ``i``, the layout GRPO group advantages expect), P = longest
@@ -188,6 +189,10 @@ class RolloutBatch:
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer needs from a generation backend."""
+
+    owns_model: bool
+    """True when the engine generates with its own copy of the weights (vLLM, or HF beside
+    FSDP2): the trainer must push theta with ``sync_weights`` after every update."""
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None

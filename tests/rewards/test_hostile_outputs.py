@@ -1,14 +1,20 @@
 """Hostile completions (issue 9 item 4): each returns "wrong" within the timeout, and the pool
-still grades correctly afterwards."""
+still grades correctly afterwards; the training reward and the evaluation records/summary built
+from them stay bounded too. The whole file runs in well under 60 s (see the README)."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from sfpo_lab.eval.evaluate import summarize_records, write_outputs
 from sfpo_lab.rewards.pool import MathVerifier
+from sfpo_lab.rewards.reward import compute_rewards
 
 TIMEOUT_S = 2.0
 SLACK_S = 2.0  # worker replacement and scheduling on a busy 2-core machine
@@ -32,6 +38,10 @@ HOSTILE: dict[str, str] = {
     "factorial": "\\boxed{(10^{10})!}",
     "division-by-zero": "\\boxed{1/0}",
     "latex-garbage": "\\boxed{\\left(\\right.\\begin{matrix}\\end{pmatrix}}",
+    "huge-integer": "\\boxed{" + "9" * 4000 + "}",
+    "huge-exponent": "\\boxed{2^{2^{2^{2^{2^{2}}}}}}",
+    "surrogates-and-rtl": "\\boxed{\\ud800\u202e\u2067" + "\u0301" * 1000 + "7}",
+    "nested-boxes": "\\boxed{\\boxed{\\boxed{" * 1000 + "7" + "}}}" * 1000,
 }
 GOLD = "8"
 
@@ -61,3 +71,43 @@ def test_a_whole_hostile_batch_is_bounded(verifier: MathVerifier):
     grades = verifier.grade_many(completions, [GOLD] * len(completions))
     assert time.perf_counter() - start < 4 * TIMEOUT_S + SLACK_S
     assert [g.correct for g in grades] == [False] * (len(completions) - 1) + [True]
+
+
+def test_training_reward_and_evaluation_summary_of_hostile_samples_are_bounded(
+    verifier: MathVerifier, tmp_path: Path
+):
+    """What the trainer computes after grading (rewards under both schemes) and what
+    ``sfpo_lab.eval`` does (records, avg@n / pass@k / maj@n over the parsed answers, bootstrap
+    CI, files): bounded, and no hostile sample is right or earns the full reward."""
+    n = 4
+    samples = list(HOSTILE.values())
+    padded = -len(samples) % n
+    samples += [r"\boxed{8}"] * padded  # the only right answers
+    start = time.perf_counter()
+    grades = verifier.grade_many(samples, [GOLD] * len(samples))
+    graded_s = time.perf_counter() - start
+    hostile = grades[: len(HOSTILE)]
+    for scheme in ("authors", "binary"):
+        rewards, metrics = compute_rewards(hostile, scheme)
+        assert float(rewards.max()) < 1.0 and metrics["acc"] == 0.0
+        assert all(math.isfinite(float(r)) for r in rewards)
+    records = [
+        {
+            "id": str(i),
+            "benchmark": "hostile",
+            "problem": "p",
+            "gold": GOLD,
+            "samples": samples[i * n : (i + 1) * n],
+            "preds": [g.pred for g in grades[i * n : (i + 1) * n]],
+            "correct": [bool(g.correct) for g in grades[i * n : (i + 1) * n]],
+        }
+        for i in range(len(samples) // n)
+    ]
+    summary = summarize_records(records, n, n_boot=200)
+    out = write_outputs(tmp_path, summary, records, {"n": n})
+    assert graded_s < 4 * TIMEOUT_S + SLACK_S
+    assert time.perf_counter() - start - graded_s < 5.0, "summary and files after grading"
+    acc = summary["benchmarks"]["hostile"]["acc"]
+    assert acc == pytest.approx(100 * padded / len(samples))
+    lines = (out / "hostile.records.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x)["samples"] for x in lines] == [r["samples"] for r in records]

@@ -1,8 +1,10 @@
-"""Tiny random Qwen2 models and a teacher-forced log-prob helper for the rollout tests."""
+"""Tiny random Qwen2 models, a teacher-forced log-prob helper and (when vllm is installed) one
+session-wide vLLM engine for the rollout tests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +29,43 @@ def make_model(seed: int = 0, tie: bool = True) -> PreTrainedModel:
     )
     torch.manual_seed(seed)
     return build_causal_lm(config).eval()
+
+
+def make_vllm_model(seed: int = 0) -> PreTrainedModel:
+    """Like :func:`make_model` with head_dim 32: vLLM's CPU attention takes multiples of 32."""
+    config = tiny_qwen2_config(
+        VOCAB,
+        hidden_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+        num_layers=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    return build_causal_lm(config).eval()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tmp_path_factory) -> Iterator[Any]:
+    """One in-process vLLM engine for the session (``LLM()`` costs ~10-20 s on CPU), started
+    from ``make_vllm_model(0)``; tests push the weights they need with ``sync_weights``."""
+    pytest.importorskip("vllm")
+    from sfpo_lab.rollout.vllm import VLLMEngine
+
+    save_dir = tmp_path_factory.mktemp("vllm_model")
+    engine = VLLMEngine.from_model(
+        make_vllm_model(0), save_dir, PAD, EOS, max_model_len=128, cpu_kv_cache_gib=0.25, seed=0
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def make_vllm() -> Callable[..., PreTrainedModel]:
+    """``make_vllm(seed)``: a random tiny Qwen2 vLLM's CPU backend can run."""
+    return make_vllm_model
 
 
 @pytest.fixture(scope="module")
