@@ -1,0 +1,211 @@
+"""A Hydra launcher that runs every multirun job as its own, correctly sized process group.
+
+Hydra's basic launcher calls the task function in the sweeping process. With
+``trainer.devices > 1`` Lightning then re-runs ``sys.argv`` once per extra rank, so each child
+inherits ``-m`` and re-runs the whole sweep elsewhere; the second job hangs or crashes when
+jobs differ in device count (Lightning PR #18175, Hydra #2070). This launcher never runs the
+task in the sweeping process: for each job it starts a fresh single run of the same script
+with the job's overrides and ``hydra.run.dir=<sweep dir>/<subdir>``,
+
+* ``python train.py ...`` when the job uses one device (``trainer.devices == 1``), or
+* ``python -m torch.distributed.run --standalone --nproc_per_node=N train.py ...`` when it
+  uses N > 1 (DDP or FSDP2; ``LOCAL_RANK`` is set, so Lightning spawns nothing itself),
+
+waits for it, and reads its return value from ``summary.json`` in the job's directory. Jobs
+run one after another; each one can use a different number of devices. One job per node:
+multi-node jobs go through the SLURM (submitit) launcher instead.
+
+Preemption: SIGTERM / SIGUSR1 reaching the sweep is passed on to the running job (which
+checkpoints at its next iteration boundary and exits 0); the sweep then starts no further
+job and exits 0. Running the same command again with ``ckpt_path=last`` and the same
+``hydra.sweep.dir`` resumes every job from its ``last.ckpt`` (finished jobs end at once).
+
+Hydra only loads launchers from the ``hydra_plugins`` namespace, so the class Hydra sees is a
+one-line subclass in ``hydra_plugins/sfpo_lab_launcher``; the logic lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# hydra overrides that belong to the sweep, not to the single run a job becomes
+_SWEEP_ONLY = ("hydra.sweep", "hydra.launcher", "hydra.sweeper", "hydra.mode", "hydra.run.dir")
+_SWEEP_GROUPS = ("hydra/launcher", "hydra/sweeper")
+
+
+class JobFailedError(RuntimeError):
+    """A multirun job's process exited with a non-zero code."""
+
+
+def job_processes(cfg: DictConfig) -> int:
+    """Processes a job needs on one node: ``trainer.devices`` (1 when absent).
+
+    Raises:
+        ValueError: ``trainer.num_nodes > 1`` (one node per job here) or a non-integer
+            ``trainer.devices``.
+    """
+    trainer = cfg.get("trainer") or {}
+    nodes = trainer.get("num_nodes", 1)
+    if nodes != 1:
+        raise ValueError(
+            f"trainer.num_nodes={nodes}: the torchrun launcher runs each job on this node only; "
+            "use hydra/launcher=slurm for multi-node jobs"
+        )
+    devices = trainer.get("devices", 1)
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"trainer.devices must be an integer >= 1, got {devices!r}")
+    return devices
+
+
+def hydra_passthrough(hydra_overrides: Sequence[str]) -> list[str]:
+    """The sweep's own hydra overrides that still apply to each single run."""
+    keep = []
+    for item in hydra_overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.startswith(_SWEEP_ONLY) or key.startswith(_SWEEP_GROUPS):
+            continue
+        keep.append(item)
+    return keep
+
+
+def job_command(
+    script: str,
+    overrides: Sequence[str],
+    job_dir: Path,
+    nproc: int,
+    *,
+    config_name: str | None = None,
+    python: str | None = None,
+) -> list[str]:
+    """The command line of one job: a single run of ``script`` on ``nproc`` processes."""
+    python = python or sys.executable
+    launch = [python]
+    if nproc > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    args = [script]
+    if config_name:
+        args += ["--config-name", config_name]
+    return launch + args + [*overrides, f"hydra.run.dir={job_dir}"]
+
+
+def read_return_value(job_dir: Path) -> Any:
+    """The task's return value a finished job left in ``summary.json`` (None if absent)."""
+    path = job_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("return_value")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+class TorchrunLauncherBase(Launcher):
+    """Runs each job as a subprocess (torchrun when it needs several devices).
+
+    Args:
+        python: interpreter for the jobs (default: this one).
+        env: extra environment variables for every job.
+    """
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.python = python
+        self.env = dict(env or {})
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.preempted: int | None = None  # the signal that stopped the sweep
+        self._child: subprocess.Popen | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context = config, hydra_context
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs, one process group each")
+        returns: list[JobReturn] = []
+        previous = {sig: signal.signal(sig, self._forward) for sig in PREEMPT_SIGNALS}
+        try:
+            for i, overrides in enumerate(job_overrides):
+                if self.preempted is not None:
+                    log.info(
+                        f"{signal.Signals(self.preempted).name}: not starting the remaining "
+                        f"{len(job_overrides) - i} job(s); run the same command with "
+                        f"ckpt_path=last hydra.sweep.dir={self.config.hydra.sweep.dir} to go on"
+                    )
+                    break
+                returns.append(self._run_one(list(overrides), initial_job_idx + i))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return returns
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        """Preemption: pass the signal to the running job, start no other one."""
+        self.preempted = signum
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signum)
+
+    def _run_one(self, overrides: list[str], idx: int) -> JobReturn:
+        assert self.config is not None and self.hydra_context is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = idx
+        job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        nproc = job_processes(cfg)
+        hydra_args = hydra_passthrough(OmegaConf.to_container(cfg.hydra.overrides.hydra))
+        cmd = job_command(
+            sys.argv[0],
+            hydra_args + overrides,
+            job_dir,
+            nproc,
+            config_name=cfg.hydra.job.config_name,
+            python=self.python,
+        )
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{nproc} process(es)]")
+        env = {**os.environ, **self.env}
+        for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)  # never inherit a process group
+        self._child = subprocess.Popen(cmd, env=env)
+        try:
+            rc = self._child.wait()
+        finally:
+            self._child = None
+        ret = JobReturn(
+            overrides=overrides,
+            cfg=cfg,
+            hydra_cfg=cfg,
+            working_dir=str(job_dir),
+            task_name=cfg.hydra.job.name,
+        )
+        if rc == 0:
+            ret.status, ret.return_value = JobStatus.COMPLETED, read_return_value(job_dir)
+        else:
+            ret.status = JobStatus.FAILED
+            ret.return_value = JobFailedError(
+                f"multirun job #{idx} ({' '.join(overrides)}) exited with code {rc}; "
+                f"its log and outputs are in {job_dir}"
+            )
+        return ret
