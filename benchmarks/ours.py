@@ -1,0 +1,123 @@
+"""Run the real trainer (``SFPOModule`` under Lightning) in this process and collect its metrics.
+
+The config is composed from ``conf/`` exactly as ``train.py`` does (Hydra compose API, the
+typed schema, validation); the run is built from the same library pieces as
+``sfpo_lab.runner.train`` but without validation and checkpoint callbacks (they are not part
+of an iteration) and with an in-memory logger, so the per-iteration ``perf/`` split the
+module logs can be read back directly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers.logger import Logger
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("rollout", "reward", "logprob", "update", "weight_sync")
+
+
+class MemoryLogger(Logger):
+    """Keeps every ``log_metrics`` call: one dict per rollout batch (plus its step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append({**metrics, "step": float(step if step is not None else -1)})
+
+
+def compose(overrides: list[str], output_dir: str) -> Any:
+    """A validated ``RunConfig`` from ``conf/train.yaml`` plus ``overrides``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from sfpo_lab.config import register_schema, to_run_config
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(
+            "train",
+            overrides=[
+                *overrides,
+                f"paths.output_dir={output_dir}",
+                "logger=csv",
+                "callbacks.progress=null",
+                "wandb.mode=disabled",
+            ],
+        )
+    return to_run_config(cfg)
+
+
+def fit(overrides: list[str]) -> list[dict[str, float]]:
+    """Train with ``overrides`` and return the per-iteration metrics (``train/iteration`` set)."""
+    from sfpo_lab import runner
+    from sfpo_lab.data.datamodule import RLDataModule
+    from sfpo_lab.module import SFPOModule
+
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
+        run = compose(overrides, out)
+        runner.preflight(run)
+        L.seed_everything(run.seed, workers=True, verbose=False)
+        model_path, tokenizer = runner.prepare_model(run)
+        data = RLDataModule(
+            runner.train_problems(run),
+            batch_size=run.data.batch_size,
+            iterations=run.iterations,
+            seed=run.seed,
+        )
+        module = SFPOModule(run, model_path, tokenizer)
+        trainer = runner.build_trainer(run, [])
+        logger = MemoryLogger()
+        trainer.loggers = [logger]
+        try:
+            trainer.fit(module, datamodule=data)
+        finally:
+            maker = getattr(module, "maker", None)
+            if maker is not None:
+                maker.verifier.close()  # its grading process pool
+            del module, trainer, data
+            release_memory()  # a 0.5B run holds ~10 GB: give it back before the next run
+    return [r for r in logger.rows if "perf/step_s" in r]
+
+
+def release_memory() -> None:
+    """Collect reference cycles and return freed heap pages to the OS (glibc)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def split(rows: list[dict[str, float]], skip_first: int = 1) -> dict[str, float]:
+    """Mean seconds per iteration of each stage and of the whole step, the first iteration
+    (one-off warm-ups) left out. Means, not medians, so that the stages add up to the step."""
+    kept = rows[skip_first:] or rows
+    out = {"iterations": float(len(kept))}
+    for key in (*STAGES, "step"):
+        vals = [r[f"perf/{key}_s"] for r in kept if f"perf/{key}_s" in r]
+        out[key] = sum(vals) / len(vals) if vals else float("nan")
+    lengths = [r["train/response_length/mean"] for r in kept if "train/response_length/mean" in r]
+    out["response_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
+    # perf/rollout_s is timed around the weight push and the generation: report them apart
+    if out["weight_sync"] == out["weight_sync"]:
+        out["rollout"] -= out["weight_sync"]
+    return out

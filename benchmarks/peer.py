@@ -1,0 +1,153 @@
+"""Section 5 — the same GRPO work in TRL's ``GRPOTrainer`` and in our trainer, same process.
+
+Identical: the tiny model (the cached toy base of the CPU default), the prompts (toy task,
+rendered with the same template), B prompts x G samples per optimizer step, the response
+budget, temperature 1, the reward (math-verify through the same ``MathVerifier``, authors'
+1 / 0.1 / 0 scheme), one optimizer step per rollout batch, AdamW at the same learning rate,
+HF ``generate`` for rollouts, fp32 on CPU. Time per iteration: ours = ``perf/step_s`` (the
+whole ``training_step``: rollout, reward, old log-probs + entropy, update), TRL = between its
+``on_step_begin`` and ``on_step_end`` callbacks (generation, reward and the update all happen
+inside its ``training_step``); means over the iterations after the first.
+
+Known differences in TRL's favour: with ``num_iterations=1`` TRL skips the separate
+old-log-prob forward pass (ours always runs it, and also computes the entropy H_s the SFPO
+trigger needs). Install TRL only for this benchmark: ``pip install trl`` (see README).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import Row, not_measured, row
+from benchmarks.ours import compose, fit, split
+
+SECTION = "peer"
+METRIC = "ours / TRL GRPOTrainer time per iteration"
+
+
+def sizes(mode: str) -> dict[str, int]:
+    if mode == "smoke":
+        return {"B": 2, "G": 2, "T": 4, "iterations": 2}
+    if mode == "quick":
+        return {"B": 8, "G": 8, "T": 16, "iterations": 4}
+    return {"B": 16, "G": 8, "T": 16, "iterations": 8}
+
+
+def run(mode: str, device: torch.device) -> list[Row]:
+    s = sizes(mode)
+    label = f"toy base, B x G = {s['B']} x {s['G']}, {s['T']} tokens"
+    if importlib.util.find_spec("trl") is None:
+        return [not_measured(SECTION, METRIC, "<= 1", "trl is not installed", label)]
+    common = [
+        f"data.batch_size={s['B']}",
+        f"rollout.n={s['G']}",
+        f"rollout.max_new_tokens={s['T']}",
+        f"iterations={s['iterations']}",
+        "update.ppo_mini_batches=1",
+        f"update.micro_batch_size={s['B'] * s['G']}",
+    ]
+    if device.type != "cpu":
+        common.append("trainer=gpu")
+    ours = split(fit(["algorithm=grpo", *common]))
+    try:
+        trl = trl_seconds(common, s, device)
+    except Exception as err:  # a TRL/transformers incompatibility is a finding, not a crash
+        return [
+            not_measured(SECTION, METRIC, "<= 1", f"TRL failed: {type(err).__name__}: {err}", label)
+        ]
+    return [
+        row(
+            SECTION,
+            METRIC,
+            ours["step"] / trl["step"],
+            "<=",
+            1.0,
+            config=label,
+            note=f"ours {ours['step']:.2f}s vs TRL {trl['step']:.2f}s per iteration "
+            f"(TRL {_version('trl')}; TRL skips the old-log-prob pass)",
+            details={"ours": ours, "trl": trl},
+        )
+    ]
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)
+
+
+def trl_seconds(common: list[str], s: dict[str, int], device: torch.device) -> dict[str, float]:
+    """Run TRL's GRPOTrainer on the same model/prompts/sizes; mean seconds per step."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from sfpo_lab import runner
+    from sfpo_lab.data.templates import render_prompt
+    from sfpo_lab.rewards.pool import MathVerifier
+    from sfpo_lab.rewards.reward import compute_rewards
+
+    with tempfile.TemporaryDirectory(prefix="bench_trl_") as out:
+        run = compose(["algorithm=grpo", *common], out)
+        model_path, tokenizer = runner.prepare_model(run)
+        problems = runner.train_problems(run)
+        data = Dataset.from_list(
+            [
+                {"prompt": render_prompt(p.problem, run.data.template), "answer": p.answer}
+                for p in problems
+            ]
+        )
+        verifier = MathVerifier(num_workers=run.rollout.reward_workers)
+        steps: list[float] = []
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+                steps.append(time.perf_counter() - self.t0)
+
+        def reward(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+            grades = verifier.grade_many(completions, answer)
+            rewards, _ = compute_rewards(grades, run.rollout.reward_scheme)
+            return rewards.tolist()
+
+        config = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=s["B"] * s["G"],  # completions per step
+            num_generations=s["G"],
+            max_completion_length=s["T"],
+            temperature=run.rollout.temperature,
+            top_p=1.0,
+            learning_rate=run.optim.lr,
+            max_steps=s["iterations"],
+            beta=0.0,
+            num_iterations=1,
+            use_cpu=device.type == "cpu",
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=run.seed,
+        )
+        trainer = GRPOTrainer(
+            model=model_path,
+            reward_funcs=reward,
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
+        try:
+            trainer.train()
+        finally:
+            verifier.close()
+    kept = steps[1:] or steps
+    return {"step": statistics.mean(kept), "iterations": float(len(kept)), "all": steps}

@@ -1,0 +1,101 @@
+"""The benchmark harness's plumbing and its non-timing measurements (no timing assertions).
+
+(No ``__init__.py`` here: a ``tests/benchmarks`` package would shadow the real ``benchmarks``.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import Row, table  # noqa: E402
+from benchmarks.memory import LiveBytes, peak_new_bytes  # noqa: E402
+from benchmarks.run import parse_args  # noqa: E402
+
+ROW_KEYS = {"section", "metric", "measured", "target", "passed", "config", "note", "details"}
+
+
+@pytest.mark.slow
+def test_cli_smoke_engine_and_memory_write_the_json_schema(tmp_path):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "benchmarks/run.py", "--smoke", "--only", "engine,memory"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "summary" in proc.stdout and "PASS" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["mode"] == "smoke" and result["device"] == "cpu"
+    assert {"cpu", "cores", "torch", "torch_threads"} <= set(result["machine"])
+    assert result["machine"]["torch"] == torch.__version__
+    assert set(result["sections"]) == {"engine", "memory"}
+    assert all(s["error"] is None for s in result["sections"].values())
+    rows = result["rows"]
+    assert rows and all(set(r) == ROW_KEYS for r in rows)
+    metrics = {(r["section"], r["metric"]) for r in rows}
+    assert ("engine", "sfpo_step / ((K+1) x plain update)") in metrics
+    assert ("engine", "reposition / one update (fwd+bwd+AdamW)") in metrics
+    assert ("engine", "per-parameter lerp loop / foreach lerp (speed-up)") in metrics
+    for r in rows:
+        assert isinstance(r["measured"], float) and math.isfinite(r["measured"])
+        assert r["passed"] in (True, False, None)
+    # memory is counted, not timed: SFPO holds exactly one extra copy of the parameters,
+    # the authors-style clones two
+    mem = {r["metric"]: r for r in rows if r["section"] == "memory"}
+    assert mem["(SFPO - GRPO) peak bytes / param bytes"]["measured"] == pytest.approx(1.0, abs=0.01)
+    assert mem["(SFPO - GRPO) peak bytes / param bytes"]["passed"] is True
+    theirs = mem["(authors-style - GRPO) peak bytes / param bytes"]["measured"]
+    assert theirs == pytest.approx(2.0, abs=0.05)
+
+
+def test_live_bytes_tracks_allocations_frees_and_peak():
+    n = 1000
+
+    def work():
+        a = torch.ones(n)  # +4000
+        b = torch.ones(2 * n)  # +8000 -> 12000 live
+        a.add_(1)  # in place: no new memory
+        _ = b[:10]  # a view: no new memory
+        del a, b  # -> 0
+        c = torch.ones(n)  # +4000
+        return c
+
+    with LiveBytes() as tracker:
+        kept = work()
+        assert tracker.current == 4 * n  # only c is alive
+    assert tracker.peak == 12 * n
+    assert peak_new_bytes(work, torch.device("cpu")) == 12 * n
+    del kept
+
+
+def test_rows_render_nan_as_not_measured():
+    rows = [
+        Row("rollouts", "vLLM / HFEngine tokens per s", math.nan, ">= 2.5", None, "toy", "x"),
+        Row("engine", "ratio", 1.0123, "<= 1.05", True, "toy"),
+    ]
+    text = table(rows)
+    assert "n/a" in text and "PASS" in text and "1.012" in text
+    assert rows[0].to_dict()["measured"] is None
+
+
+def test_hf_engine_reproduces_raw_generate_samples():
+    from benchmarks.rollouts import Shape, hf_vs_raw
+
+    (r,) = hf_vs_raw(Shape("toy", "toy", 3, 2, 6, 1), torch.device("cpu"))
+    assert r.details["identical_samples"] is True
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "engine,nope"])
+    assert parse_args(["--quick", "--only", "peer"]).sections == ["peer"]
