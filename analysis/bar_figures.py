@@ -1,0 +1,153 @@
+"""Fig. 4 (efficiency to reach GRPO's best accuracy) and Fig. 8 (memory), from run data."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from analysis import paper
+from analysis.efficiency import efficiency_ci, run_tables
+from analysis.plotting import CI_NOTE, palette_for, runs_for, shared_seeds, style
+from analysis.runs import MissingRuns
+from analysis.stats import curve_ci, mean_ci, select
+
+_COSTS = {"train/rollouts": "rollouts", "train/wall_clock_s": "wall-clock (s)"}
+
+
+def efficiency_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and cost: the GRPO/SFPO ratio with its bootstrap CI (paper_main runs)."""
+    runs = shared_seeds(runs_for(df, ["paper_main"]))
+    out = []
+    for model, m in runs.groupby("model", sort=True):
+        grpo, sfpo = m[m["method"] == "GRPO"], m[m["method"] == "SFPO"]
+        if grpo.empty or sfpo.empty:
+            continue
+        for cost, name in _COSTS.items():
+            g, s = run_tables(grpo, cost=cost), run_tables(sfpo, cost=cost)
+            if g and s:
+                out.append({"model": model, "cost": name, **efficiency_ci(g, s)})
+    if not out:
+        raise MissingRuns("paper_main needs both GRPO and SFPO runs with val/avg")
+    return pd.DataFrame(out)
+
+
+def _acc_vs_cost(ax: plt.Axes, runs: pd.DataFrame, cost: str) -> None:
+    """val/avg (mean ± CI over seeds) against the seed-mean cost at each validation step."""
+    pal = palette_for(runs["label"].unique())
+    acc = curve_ci(select(runs, "val/avg"))
+    x = select(runs, cost).groupby(["label", "step"])["value"].mean().rename("x").reset_index()
+    acc = acc.merge(x, on=["label", "step"])
+    for label, c in acc.groupby("label", sort=True):
+        ax.plot(
+            c["x"],
+            c["mean"],
+            marker="o",
+            ms=3,
+            color=pal[label],
+            label=f"{label} (n={c['n'].max()})",
+        )
+        ax.fill_between(c["x"], c["lo"], c["hi"], color=pal[label], alpha=0.2, lw=0)
+    grpo = acc[acc["label"] == "GRPO"]
+    if len(grpo):
+        ax.axhline(grpo["mean"].max(), ls="--", color="k", lw=0.8, label="GRPO's best (target)")
+    ax.set_xlabel(_COSTS[cost])
+    ax.set_ylabel("val/avg accuracy (%)")
+
+
+def fig4(df: pd.DataFrame) -> plt.Figure:
+    """Fig. 4: rollouts and wall-clock for SFPO to reach GRPO's best validation accuracy,
+    as the ratio GRPO / SFPO with a bootstrap 95 % CI over seeds (see analysis.efficiency)."""
+    style()
+    eff = efficiency_frame(df)
+    runs = shared_seeds(runs_for(df, ["paper_main"]))
+    runs = runs[runs["model"] == eff["model"].iloc[0]]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, cost in zip(axes[:2], _COSTS, strict=True):
+        _acc_vs_cost(ax, runs, cost)
+        ax.set_title(f"{eff['model'].iloc[0]}: accuracy vs {_COSTS[cost]}")
+    axes[0].legend(fontsize=7)
+    ax = axes[2]
+    labels = [f"{r.model}\n{r.cost}" for r in eff.itertuples()]
+    y = eff["ratio"].to_numpy(dtype=float)
+    finite = np.concatenate([y, eff["lo"], eff["hi"]])
+    top = max(1.5, float(np.nanmax(np.where(np.isfinite(finite), finite, np.nan))) * 1.15)
+    # an infinite bound (SFPO at the target at step 0 in some resample) is drawn to the top
+    hi = np.minimum(eff["hi"].to_numpy(dtype=float), top)
+    err = np.vstack(
+        [np.clip(y - eff["lo"].to_numpy(dtype=float), 0, None), np.clip(hi - y, 0, None)]
+    )
+    ax.bar(range(len(y)), y, yerr=err, capsize=4, color="#0072B2", alpha=0.8)
+    for i, r in enumerate(eff.itertuples()):
+        ax.text(i, 0.02, f"{r.ratio:.2f}x\n[{r.lo:.2f}, {r.hi:.2f}]\nmissed {r.not_reached:.0%}", ha="center", va="bottom", fontsize=7, color="w")  # fmt: skip
+        ref = paper.FIG4.get(r.model)
+        if ref:
+            ax.plot(
+                i,
+                ref[0 if r.cost == "rollouts" else 1],
+                "k*",
+                ms=10,
+                label="paper" if i == 0 else None,
+            )
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_ylim(0, top * 1.05)
+    ax.set_xticks(range(len(y)), labels, fontsize=8)
+    ax.set_ylabel("GRPO cost / SFPO cost to reach target")
+    ax.set_title("ratio (>1: SFPO cheaper); 0 = SFPO never reached it")
+    paper_txt = "; ".join(f"{m}: {r:.2f}x / {w:.2f}x" for m, (r, w) in paper.FIG4.items())
+    fig.suptitle(
+        f"Fig. 4 — cost to reach GRPO's best accuracy [{CI_NOTE}; ratio CI: bootstrap over seeds]\n"
+        f"paper (rollouts / wall-clock, other models and 8×H100): {paper_txt}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def fig8(df: pd.DataFrame) -> plt.Figure:
+    """Fig. 8: memory during training, SFPO vs GRPO, from what runs log.
+
+    The training code logs one number per iteration, ``perf/peak_mem_gb`` (CUDA: peak allocated;
+    CPU: the process's peak RSS) and ``sfpo/snapshot_bytes`` (the stored θ0 copy), not memory per
+    stage (rollout / Stage I / II / III). So this draws peak memory per method and SFPO's
+    snapshot size, and says so on the figure.
+    """
+    style()
+    runs = runs_for(df, ["memory_profile"])
+    peak = (
+        select(runs, "perf/peak_mem_gb").groupby(["label", "run_id"])["value"].max().reset_index()
+    )
+    if peak.empty:
+        raise MissingRuns("memory_profile runs logged no perf/peak_mem_gb")
+    snap = select(runs, "sfpo/snapshot_bytes").groupby("label")["value"].max()
+    pal = palette_for(peak["label"].unique())
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    labels = sorted(peak["label"].unique(), key=lambda k: (k != "GRPO", k))
+    for i, label in enumerate(labels):
+        vals = peak[peak["label"] == label]["value"].tolist()
+        m, lo, hi = mean_ci(vals)
+        ax.bar(i, m, yerr=[[m - lo], [hi - m]], capsize=5, color=pal[label], alpha=0.85)
+        ax.plot([i] * len(vals), vals, "k.", ms=5)
+        extra = snap.get(label, math.nan)
+        txt = f"{m * 1024:.0f} MiB (n={len(vals)})"
+        if extra > 0:
+            txt += f"\nθ0 snapshot {extra / 2**20:.2f} MiB"
+        ax.text(i, m * 1.02, txt, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("peak memory (GiB)")
+    ax.set_ylim(0, peak["value"].max() * 1.3)
+    cpu = (runs["scale"] == "toy").all()
+    note = (
+        "NOT a per-stage GPU measurement: toy scale on CPU logs the process peak RSS (Python + torch runtime\n"
+        "dominate a ~1M-parameter model); per-stage memory is not logged by the training code."
+        if cpu
+        else "Peak allocated CUDA memory per run; per-stage memory is not logged by the training code."
+    )
+    fig.suptitle(
+        f"Fig. 8 — memory during training, SFPO vs GRPO [{CI_NOTE}, dots = runs]\n{note}",
+        fontsize=8.5,
+    )
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""Regenerate every table and figure of the paper from runs.
+
+    python analysis/make_figures.py                      # from the committed paper_figures/toy_runs
+    python analysis/make_figures.py --runs outputs/train  # any Hydra run/multirun dirs (repeatable)
+    python analysis/make_figures.py --wandb-project ENTITY/PROJECT --wandb-group toy/paper_main
+    python analysis/make_figures.py --only fig5 --out /tmp/figs
+    python analysis/make_figures.py --runs /work/runs_toy --collect paper_figures/toy_runs
+
+A table or figure whose runs are missing prints one line saying what is missing; the others are
+still made. Tables: ``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from analysis import bar_figures, diagram, figures, tables  # noqa: E402
+from analysis.plotting import save  # noqa: E402
+from analysis.runs import (  # noqa: E402
+    MissingRuns,
+    discover,
+    discover_wandb,
+    find_run_dirs,
+    incomplete_runs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = REPO / "paper_figures" / "toy_runs"
+DEFAULT_OUT = REPO / "paper_figures"
+TABLES: dict[str, Callable[..., str]] = {"table1": tables.table1, "table2": tables.table2}
+FIGURES: dict[str, Callable] = {
+    "fig1": diagram.fig1,
+    "fig2": figures.fig2,
+    "fig3": figures.fig3,
+    "fig4": bar_figures.fig4,
+    "fig5": figures.fig5,
+    "fig6": figures.fig6,
+    "fig7": figures.fig7,
+    "fig8": bar_figures.fig8,
+}
+OUTPUTS = [*TABLES, *FIGURES]
+# the compact run data a figure needs: no checkpoints, no W&B files
+_KEEP = (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json")
+_KEEP_GLOBS = ("*.summary.json", "*.records.jsonl")
+
+
+def collect(roots: list[Path], dest: Path) -> int:
+    """Copy config + metrics CSV + eval outputs of every run under ``roots`` into ``dest``
+    (same relative layout, ``dest/<root name>/<run>``); returns the number of runs copied."""
+    n = 0
+    for root in roots:
+        for run in find_run_dirs(root):
+            target = dest / root.name / run.relative_to(root)
+            files = [run / k for k in _KEEP] + [p for g in _KEEP_GLOBS for p in run.glob(g)]
+            for f in files:
+                if f.is_file():
+                    (target / f.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target / f.relative_to(run))
+            n += 1
+    return n
+
+
+def write_output(name: str, df: pd.DataFrame, out: Path) -> list[Path]:
+    """Make one output; raises :class:`MissingRuns` when its runs are absent."""
+    if name in TABLES:
+        paths = []
+        for fmt in ("md", "tex", "csv"):
+            text = TABLES[name](df, fmt)
+            (path := out / f"{name}.{fmt}").write_text(text)
+            paths.append(path)
+        return paths
+    fig = FIGURES[name](df)
+    paths = save(fig, out, name)
+    if name == "fig4":  # the numbers behind the bars
+        eff = bar_figures.efficiency_frame(df)
+        eff.to_csv(path := out / "fig4_efficiency.csv", index=False, float_format="%.4f")
+        paths.append(path)
+    return paths
+
+
+def load(args: argparse.Namespace) -> pd.DataFrame:
+    frames = [discover(args.runs)] if args.runs else []
+    if args.wandb_project:
+        frames.append(discover_wandb(args.wandb_project, args.wandb_group, args.wandb_tag))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else discover([])
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--runs", type=Path, action="append", help=f"run root (repeatable; default {DEFAULT_RUNS.relative_to(REPO)})")  # fmt: skip
+    p.add_argument("--wandb-project", help="entity/project to read runs from with wandb.Api()")
+    p.add_argument("--wandb-group", help="only W&B runs of this group")
+    p.add_argument("--wandb-tag", action="append", help="only W&B runs with any of these tags")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output dir (default paper_figures)"
+    )
+    p.add_argument("--only", action="append", help=f"outputs to make (repeatable/comma list): {', '.join(OUTPUTS)}")  # fmt: skip
+    p.add_argument(
+        "--collect", type=Path, help="copy compact run data from --runs here first, then use it"
+    )
+    args = p.parse_args(argv)
+    if args.runs is None and not args.wandb_project:
+        args.runs = [DEFAULT_RUNS]
+    only = [x for o in args.only or [] for x in o.split(",") if x]
+    unknown = sorted(set(only) - set(OUTPUTS))
+    if unknown:
+        p.error(f"--only {','.join(unknown)}: unknown output (allowed: {', '.join(OUTPUTS)})")
+    args.only = only or OUTPUTS
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.collect:
+        n = collect(args.runs, args.collect)
+        print(f"collected {n} runs into {args.collect}")
+        args.runs = [args.collect]
+    df = load(args)
+    partial = incomplete_runs(df)
+    if partial:
+        print(f"skipping {len(partial)} incomplete run(s): {', '.join(partial)}")
+        df = df[~df["run_id"].isin(partial)]
+    print(f"{df['run_id'].nunique()} runs, {len(df)} rows from {[str(r) for r in args.runs or []]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    made = 0
+    for name in args.only:
+        try:
+            paths = write_output(name, df, args.out)
+        except MissingRuns as err:
+            print(f"{name}: skipped — {err}")
+            continue
+        made += 1
+        print(f"{name}: " + ", ".join(p.name for p in paths))
+    return 0 if made else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
