@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import signal
 import threading
 from collections.abc import Callable, Sequence
 
@@ -31,8 +32,22 @@ STARTUP_TIMEOUT_S = 120.0
 """How long a fresh pool may take to answer its health check (imports sympy in each worker)."""
 
 
+def ignore_preemption_signals() -> None:
+    """In reward workers: ignore SIGUSR1 and SIGINT.
+
+    SLURM sends its preemption / time-limit signal (SIGUSR1 with ``--signal``) to every process
+    of the job, and Ctrl-C reaches the whole process group; the trainer answers by finishing
+    the iteration, which still needs its graders, then checkpoints. SIGTERM keeps its default
+    action: pebble stops timed-out workers with it.
+    """
+    for sig in (signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _warm_up() -> None:
-    """Worker initializer: import and exercise math-verify once so the first task is fast."""
+    """Worker initializer: ignore preemption signals, import and exercise math-verify once so
+    the first task is fast."""
+    ignore_preemption_signals()
     answers_match("1", "1")
 
 
@@ -98,7 +113,12 @@ class MathVerifier:
                 # Workers (and replacements of killed ones) fork from a server that imported
                 # math-verify once. Each worker still re-runs the main script's top-level code
                 # (Python 3.11 ignores "__main__" here; later versions honour it).
-                context.set_forkserver_preload(["__main__", "sfpo_lab.rewards.verify"])
+                preload = [
+                    "__main__",
+                    "sfpo_lab.rewards.verify",
+                    "sfpo_lab.rewards._forkserver_init",
+                ]
+                context.set_forkserver_preload(preload)
             self._pool = ProcessPool(
                 max_workers=self.num_workers, initializer=_warm_up, context=context
             )

@@ -8,6 +8,7 @@ import pickle
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,42 @@ def test_close_is_idempotent_and_the_verifier_restarts():
     pool.close()
     assert pool.grade_many([r"\boxed{1}"], ["1"])[0].correct
     pool.close()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live descendant pids of ``pid`` (Linux /proc), multiprocessing's resource tracker aside."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if "resource_tracker" in Path(f"/proc/{entry}/cmdline").read_text():
+                    continue
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_a_preemption_signal_to_every_process_spares_the_workers():
+    """SLURM signals every process of the job; the graders must survive to finish the
+    iteration the trainer completes before checkpointing. (With the default forkserver the
+    server ignores the signal before it forks any worker; ``spawn`` workers ignore it only
+    once their initializer ran.)"""
+    import signal
+
+    with MathVerifier(num_workers=2, timeout_s=TIMEOUT_S, start_method="forkserver") as pool:
+        pool.start()
+        pids = _descendants(os.getpid())
+        assert len(pids) >= 2
+        for pid in pids:
+            os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        assert _descendants(os.getpid()) >= pids, "a worker died of SIGUSR1"
+        assert pool.grade_many([r"\boxed{4}"], ["4"])[0].correct
