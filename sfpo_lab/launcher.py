@@ -15,9 +15,12 @@ waits for it, and reads its return value from ``summary.json`` in the job's dire
 run one after another; each one can use a different number of devices. One job per node:
 multi-node jobs go through the SLURM (submitit) launcher instead.
 
-Preemption: SIGTERM / SIGUSR1 reaching the sweep is passed on to the running job (which
-checkpoints at its next iteration boundary and exits 0); the sweep then starts no further
-job and exits 0. Running the same command again with ``ckpt_path=last`` and the same
+Preemption: SIGTERM / SIGUSR1 reaching the sweep is passed on to the running job's training
+processes (every rank; each checkpoints at the next iteration boundary and exits 0); the
+sweep then starts no further job, reports no result for the stopped one, and exits 0. Jobs
+run in their own session, so only this forwarding reaches them (a SLURM-style signal to every
+process would also hit torchrun's agent, which does not survive it: use hydra/launcher=slurm
+there). Running the same command again with ``ckpt_path=last`` and the same
 ``hydra.sweep.dir`` resumes every job from its ``last.ckpt`` (finished jobs end at once).
 
 Hydra only loads launchers from the ``hydra_plugins`` namespace, so the class Hydra sees is a
@@ -26,6 +29,7 @@ one-line subclass in ``hydra_plugins/sfpo_lab_launcher``; the logic lives here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,6 +89,19 @@ def hydra_passthrough(hydra_overrides: Sequence[str]) -> list[str]:
     return keep
 
 
+_CONFIG_FLAGS = ("--config-path", "-cp", "--config-dir", "-cd")
+
+
+def config_flags(argv: Sequence[str]) -> list[str]:
+    """The sweep's ``--config-path`` / ``--config-dir`` flags (as given), for every job."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if name in _CONFIG_FLAGS:
+            out += [arg] if "=" in arg else [arg, *argv[i + 1 : i + 2]]
+    return out
+
+
 def job_command(
     script: str,
     overrides: Sequence[str],
@@ -99,7 +116,7 @@ def job_command(
     launch = [python]
     if nproc > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    args = [script]
+    args = [script, *config_flags(sys.argv[1:])]
     if config_name:
         args += ["--config-name", config_name]
     return launch + args + [*overrides, f"hydra.run.dir={job_dir}"]
@@ -131,6 +148,7 @@ class TorchrunLauncherBase(Launcher):
         self.hydra_context: HydraContext | None = None
         self.preempted: int | None = None  # the signal that stopped the sweep
         self._child: subprocess.Popen | None = None
+        self._nproc, self._script = 1, ""
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -156,43 +174,50 @@ class TorchrunLauncherBase(Launcher):
                         f"ckpt_path=last hydra.sweep.dir={self.config.hydra.sweep.dir} to go on"
                     )
                     break
-                returns.append(self._run_one(list(overrides), initial_job_idx + i))
+                ret = self._run_one(list(overrides), initial_job_idx + i)
+                if ret is not None:
+                    returns.append(ret)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return returns
 
     def _forward(self, signum: int, frame: Any) -> None:
-        """Preemption: pass the signal to the running job, start no other one."""
-        self.preempted = signum
-        if self._child is not None and self._child.poll() is None:
-            self._child.send_signal(signum)
+        """Preemption: pass the signal to the job's training processes, start no other job.
 
-    def _run_one(self, overrides: list[str], idx: int) -> JobReturn:
+        Under torchrun the signal goes to the rank processes themselves, not to the agent
+        (which dies of SIGUSR1 and SIGKILLs its workers 30 s after a SIGTERM)."""
+        self.preempted = signum
+        child = self._child
+        if child is None or child.poll() is not None:
+            return
+        ranks = training_processes(child.pid, self._script) if self._nproc > 1 else []
+        for pid in ranks or [child.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _run_one(self, overrides: list[str], idx: int) -> JobReturn | None:
         assert self.config is not None and self.hydra_context is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
             cfg.hydra.job.id = cfg.hydra.job.num = idx
         job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        nproc = job_processes(cfg)
+        self._nproc, self._script = job_processes(cfg), sys.argv[0]
         hydra_args = hydra_passthrough(OmegaConf.to_container(cfg.hydra.overrides.hydra))
         cmd = job_command(
-            sys.argv[0],
+            self._script,
             hydra_args + overrides,
             job_dir,
-            nproc,
+            self._nproc,
             config_name=cfg.hydra.job.config_name,
             python=self.python,
         )
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{nproc} process(es)]")
-        env = {**os.environ, **self.env}
-        for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(key, None)  # never inherit a process group
-        self._child = subprocess.Popen(cmd, env=env)
-        try:
-            rc = self._child.wait()
-        finally:
-            self._child = None
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{self._nproc} process(es)]")
+        (job_dir / SUMMARY_FILE).unlink(missing_ok=True)  # a result from an earlier launch
+        rc = self._wait(subprocess.Popen(cmd, env=self._env(), start_new_session=True))
+        if self.preempted is not None:
+            log.info(f"#{idx} stopped by {signal.Signals(self.preempted).name} (exit code {rc})")
+            return None  # neither a result nor a failure: the sweep is resumed later
         ret = JobReturn(
             overrides=overrides,
             cfg=cfg,
@@ -209,3 +234,43 @@ class TorchrunLauncherBase(Launcher):
                 f"its log and outputs are in {job_dir}"
             )
         return ret
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)  # never inherit a process group
+        return env
+
+    def _wait(self, child: subprocess.Popen) -> int:
+        """Wait for a job started in its own session (so a terminal's Ctrl-C or a signal to
+        the sweep's process group reaches it only through :meth:`_forward`)."""
+        self._child = child
+        try:
+            if self.preempted is not None:  # arrived while the job was being started
+                self._forward(self.preempted, None)
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                self._forward(signal.SIGINT, None)
+                try:
+                    child.wait(timeout=60)
+                finally:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.pid, signal.SIGKILL)
+                raise
+        finally:
+            self._child = None
+
+
+def training_processes(agent_pid: int, script: str) -> list[int]:
+    """The processes running ``script`` that ``agent_pid`` (torchrun) started (Linux /proc;
+    empty where /proc is unavailable)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == agent_pid and script in (stat.parent / "cmdline").read_text():
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

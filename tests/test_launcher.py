@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from sfpo_lab.config import register_schema
 from sfpo_lab.launcher import (
+    config_flags,
     hydra_passthrough,
     job_command,
     job_processes,
@@ -40,6 +41,7 @@ FAST = [
     "checkpoint.every=0",
 ]
 register_schema()
+DIST = pytest.mark.distributed
 
 
 def _compose(overrides: list[str]):
@@ -85,6 +87,11 @@ def test_job_command_uses_torchrun_only_for_several_devices(tmp_path):
         "sfpo.K=3",
         f"hydra.run.dir={tmp_path}",
     ]
+
+
+def test_config_dir_flags_are_passed_to_every_job():
+    argv = ["-m", "--config-dir", "/x/conf", "-cp=rel", "sfpo.K=3", "--config-name", "train"]
+    assert config_flags(argv) == ["--config-dir", "/x/conf", "-cp=rel"]
 
 
 def test_return_value_is_read_from_the_job_summary(tmp_path):
@@ -183,10 +190,15 @@ def test_optuna_sweeper_config_composes_when_installed():
 
 
 @pytest.mark.slow
-def test_preempted_sweep_stops_and_the_same_command_resumes_it(tmp_path):
-    """SIGTERM to the sweep during job #0: job #0 checkpoints and exits 0, job #1 is not
-    started; the same command with ckpt_path=last finishes both from where they were."""
+@pytest.mark.parametrize(
+    ("devices", "sig"), [(1, signal.SIGTERM), pytest.param(2, signal.SIGUSR1, marks=DIST)]
+)
+def test_preempted_sweep_stops_and_the_same_command_resumes_it(tmp_path, devices, sig):
+    """A signal to the sweep during job #0: every rank of job #0 checkpoints and exits 0 (under
+    torchrun too), job #1 is not started; the same command with ckpt_path=last finishes both."""
     over = ["iterations=4", "checkpoint.every=1", "logger=csv", "ckpt_path=last", "seed=0,1"]
+    if devices > 1:
+        over += ["trainer.strategy=fsdp", f"trainer.devices={devices}"]
     cmd, env, cwd = _sweep_cmd(tmp_path, *over)
     log = (tmp_path / "sweep.log").open("w")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -197,7 +209,7 @@ def test_preempted_sweep_stops_and_the_same_command_resumes_it(tmp_path):
             tmp_path / "sweep.log"
         ).read_text()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-4000:]
     assert not (tmp_path / "sweep" / "1").exists(), "a job was started after the signal"
     stopped_at = _last_iteration(first)
