@@ -112,8 +112,22 @@ RESUME_KEYS = (
     "data.kind",
     "data.train_files",
     "data.batch_size",
+    # the algorithm itself: a job resumed under other hyperparameters would silently mix two
+    # runs (and be labelled by the new config in analysis)
+    "sfpo",
+    "loss",
+    "optim",
+    "update",
+    "rollout.n",
+    "rollout.max_new_tokens",
+    "rollout.temperature",
+    "rollout.top_p",
+    "rollout.top_k",
+    "rollout.reward_scheme",
+    "rollout.logprobs",
 )
-"""Settings a resumed run must share with its checkpoint (weights shapes, data order)."""
+"""Settings a resumed run must share with its checkpoint (weights, data order, the method);
+``iterations``, validation, logging, devices and paths may change."""
 
 
 def check_resumable(run: RunConfig, ckpt_path: str) -> None:
@@ -134,13 +148,22 @@ def check_resumable(run: RunConfig, ckpt_path: str) -> None:
     if saved is None:
         return  # older checkpoints: the model name is still checked on load
     ours = asdict(run)
-    for key in RESUME_KEYS:
-        a, b = _dotted(saved, key), _dotted(ours, key)
-        if a != b:
+    for top in RESUME_KEYS:
+        for key, a, b in _differences(_dotted(saved, top), _dotted(ours, top), top)[:1]:
             raise ConfigError(
                 f"ckpt_path={ckpt_path!r} was made with {key}={a!r}, this run has {key}={b!r}; "
                 "resume with the same setting or start a new run dir"
             )
+
+
+def _differences(a: Any, b: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """Leaf settings under ``key`` whose values differ, as ``(dotted key, a, b)``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{key}.{k}")
+        return out
+    return [] if a == b else [(key, a, b)]
 
 
 def _dotted(d: dict[str, Any], key: str) -> Any:

@@ -108,6 +108,10 @@ CASES: dict[str, tuple[str, Callable[[Path, Path], None] | None]] = {
         None,
     ),
     "ckpt-other-seed": ("ckpt_path=<prev>/last.ckpt paths.output_dir=<prev> seed=1", None),
+    "ckpt-other-alpha": (
+        "ckpt_path=<prev>/last.ckpt paths.output_dir=<prev> sfpo.alpha=0.5",
+        None,
+    ),
     "run-dir-holds-checkpoints": ("paths.output_dir=<prev>", None),
     "output-dir-not-writable": ("paths.output_dir=/sys/sfpo_lab_run", None),
 }
