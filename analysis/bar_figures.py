@@ -13,6 +13,7 @@ from analysis.efficiency import efficiency_ci, run_tables
 from analysis.plotting import CI_NOTE, palette_for, runs_for, shared_seeds, style
 from analysis.runs import MissingRuns
 from analysis.stats import curve_ci, mean_ci, select
+from analysis.tables import one_variant
 
 _COSTS = {"train/rollouts": "rollouts", "train/wall_clock_s": "wall-clock (s)"}
 
@@ -25,6 +26,8 @@ def efficiency_frame(df: pd.DataFrame) -> pd.DataFrame:
         grpo, sfpo = m[m["method"] == "GRPO"], m[m["method"] == "SFPO"]
         if grpo.empty or sfpo.empty:
             continue
+        one_variant(grpo, "paper_main", model)
+        one_variant(sfpo, "paper_main", model)
         for cost, name in _COSTS.items():
             g, s = run_tables(grpo, cost=cost), run_tables(sfpo, cost=cost)
             if g and s:

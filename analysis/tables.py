@@ -35,6 +35,16 @@ def _run_scores(rows: pd.DataFrame, base: bool) -> pd.DataFrame:
     return wide.assign(seed=seeds.reindex(wide.index))
 
 
+def one_variant(runs: pd.DataFrame, experiment: str, model: str) -> None:
+    """A table row pools seeds of one configuration, never several variants of a method."""
+    labels = sorted(runs["label"].unique())
+    if len(labels) > 1:
+        raise MissingRuns(
+            f"{experiment}/{model}: several variants {labels} would be pooled into one row; "
+            "pass only one configuration per method (e.g. --runs of that experiment's sweep)"
+        )
+
+
 def table_frame(
     df: pd.DataFrame, experiment: str, published: dict, paper_data: str, benchmarks: list[str]
 ) -> pd.DataFrame:
@@ -49,7 +59,11 @@ def table_frame(
         for method in ("GRPO", "SFPO"):
             sel = mrows[mrows["method"] == method]
             if len(sel):
-                per_method[method] = _run_scores(sel, base=False)
+                one_variant(sel, experiment, model)
+                # one run per seed (a re-run dir or CSV + W&B copies must not shrink the CI)
+                per_method[method] = _run_scores(sel, base=False).drop_duplicates(
+                    "seed", keep="last"
+                )
         for method in _METHODS:
             scores = per_method.get(method)
             if scores is None or scores.empty:

@@ -26,6 +26,9 @@ class IterationCheckpoint(L.Callback):
         self.keep_last = keep_last
         self.save_best = save_best
         self.best = -math.inf
+        # names written by this process: the same on every rank, unlike a filesystem check
+        # (per-node dirs, NFS caching), so "save or not" (a collective) is decided alike
+        self.saved: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -54,7 +57,7 @@ class IterationCheckpoint(L.Callback):
             self.best = val["val/avg"]
             self.save(trainer, "best.ckpt")
         name = f"iter-{pl_module.iteration:06d}.ckpt"
-        if not (self.dirpath / name).exists():
+        if name not in self.saved:
             self.save(trainer, name, also_last=True)
 
     def save(self, trainer: L.Trainer, name: str, also_last: bool = False) -> Path:
@@ -75,6 +78,7 @@ class IterationCheckpoint(L.Callback):
                 self._prune()
             _fsync(self.dirpath)
         trainer.strategy.barrier()
+        self.saved.add(name)
         return final
 
     def _prune(self) -> None:

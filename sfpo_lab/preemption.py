@@ -69,7 +69,7 @@ class PreemptionCallback(L.Callback):
             return
         it = pl_module.iteration
         name = f"iter-{it:06d}.ckpt"
-        if not (self.checkpoint.dirpath / name).exists():  # the regular save may have run
+        if name not in self.checkpoint.saved:  # the regular save may have run
             self.checkpoint.save(trainer, name, also_last=True)
         if self.received is not None:
             what = signal.Signals(self.received).name

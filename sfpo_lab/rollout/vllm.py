@@ -207,6 +207,7 @@ class VLLMEngine:
             self.llm.wake_up(tags=["weights"])
             self._weights_awake = True
         if "kv_cache" in tags:
+            torch.cuda.empty_cache()  # blocks cached by the weight push (gathered buckets)
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False
 
