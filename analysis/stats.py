@@ -8,6 +8,7 @@ three samples, not a plotting choice. With one seed the band collapses to the li
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,11 +50,23 @@ def smooth(rows: pd.DataFrame, window: int) -> pd.DataFrame:
 
 
 def curve_ci(rows: pd.DataFrame, by: str = "label") -> pd.DataFrame:
-    """Tidy rows of one metric -> per ``(by, step)``: ``mean``, ``lo``, ``hi``, ``n`` (seeds)."""
+    """Tidy rows of one metric -> per ``(by, step)``: ``mean``, ``lo``, ``hi``, ``n`` (seeds
+    with a finite value there). A seed whose value is NaN/inf (a diverged run) is left out of
+    that step's mean and band, and a warning names the metric and step: it must not vanish
+    silently, since dropping diverged seeds biases the curve upward."""
     out = []
     for (key, step), g in rows.groupby([by, "step"], sort=True):
-        m, lo, hi = mean_ci(g["value"].tolist())
-        out.append({by: key, "step": step, "mean": m, "lo": lo, "hi": hi, "n": len(g)})
+        values = g["value"].astype(float)
+        finite = int(np.isfinite(values).sum())
+        if finite < len(values):
+            metric = g["metric"].iloc[0] if "metric" in g else "value"
+            warnings.warn(
+                f"{metric} at step {step} ({key}): {len(values) - finite} of {len(values)} "
+                "seeds are NaN/inf and left out of the mean and band",
+                stacklevel=2,
+            )
+        m, lo, hi = mean_ci(values.tolist())
+        out.append({by: key, "step": step, "mean": m, "lo": lo, "hi": hi, "n": finite})
     return pd.DataFrame(out, columns=[by, "step", "mean", "lo", "hi", "n"])
 
 
