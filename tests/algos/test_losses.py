@@ -8,8 +8,6 @@ import torch
 from sfpo_lab.algos import (
     AGG_MODES,
     agg_loss,
-    dapo_policy_loss,
-    drgrpo_policy_loss,
     kl_loss,
     kl_penalty,
     masked_mean,
@@ -139,7 +137,7 @@ def _pg_inputs():
 
 def test_policy_loss_hand_values_and_gradient():
     logp, old = _pg_inputs()
-    loss, m = policy_loss(logp, old, ADV.double(), PG_MASK)
+    loss, m = policy_loss(logp, old, ADV.double(), PG_MASK, clip_c=3.0)
     # per token: clipped -1.2 | unclipped -0.5 | 1.5 | dual-clipped 3.0 | clipped 0.8
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 3.0 + 0.8) / 5)
     assert m["pg_clipfrac"] == pytest.approx(2 / 5)
@@ -153,18 +151,21 @@ def test_policy_loss_hand_values_and_gradient():
 
 def test_policy_loss_clip_higher_and_no_dual_clip():
     logp, old = _pg_inputs()
-    loss, _ = policy_loss(logp, old, ADV.double(), PG_MASK, clip_high=0.28)
+    loss, _ = policy_loss(logp, old, ADV.double(), PG_MASK, clip_high=0.28, clip_c=3.0)
     assert loss.item() == pytest.approx((-1.28 - 0.5 + 1.5 + 3.0 + 0.8) / 5)
     loss, m = policy_loss(logp, old, ADV.double(), PG_MASK, clip_c=None)
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 5.0 + 0.8) / 5)
     assert m["pg_clipfrac_lower"] == 0.0
-    dapo, _ = dapo_policy_loss(logp, old, ADV.double(), PG_MASK)
-    assert dapo.item() == pytest.approx((-1.28 - 0.5 + 1.5 + 3.0 + 0.8) / 5)
+    # the default is the authors' plain clipped ratio: no dual clip
+    default, _ = policy_loss(logp, old, ADV.double(), PG_MASK)
+    assert default.item() == loss.item()
 
 
-def test_drgrpo_policy_loss_uses_constant_normaliser():
+def test_constant_length_normaliser():
+    """Dr. GRPO's aggregation: per-response sums over responses, / loss_scale_factor."""
     logp, old = _pg_inputs()
-    loss, _ = drgrpo_policy_loss(logp, old, ADV.double(), PG_MASK, loss_scale_factor=10)
+    kw = {"agg": "seq-mean-token-sum-norm", "loss_scale_factor": 10, "clip_c": 3.0}
+    loss, _ = policy_loss(logp, old, ADV.double(), PG_MASK, **kw)
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 3.0 + 0.8) / 10)
 
 
