@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessorList
 
 from benchmarks.common import (
     Row,
@@ -31,6 +32,7 @@ from benchmarks.common import (
 from sfpo_lab.models import build_causal_lm
 from sfpo_lab.rollout.base import SamplingParams, left_pad
 from sfpo_lab.rollout.hf import HFEngine
+from sfpo_lab.rollout.seeded import SeededSampler, row_seeds_for
 from sfpo_lab.rollout.sync import push_full_weights
 
 SECTION = "rollouts"
@@ -99,16 +101,21 @@ def hf_vs_raw(shape: Shape, device: torch.device) -> list[Row]:
         out["ours"] = engine.generate(prompts, params, seed=seed).input_ids
 
     def raw() -> None:
-        torch.manual_seed(seed)
+        # the same per-row sampler as the engine (argmax over its one-hot choice), so the
+        # samples can be compared token for token
+        sampler = SeededSampler(
+            row_seeds_for(seed, range(len(prompts)), shape.n, device), ids.shape[1]
+        )
         with torch.no_grad():
             out["raw"] = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                do_sample=True,
+                do_sample=False,
                 max_new_tokens=shape.max_new_tokens,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList([sampler]),
                 eos_token_id=EOS,
                 pad_token_id=PAD,
             )

@@ -14,7 +14,13 @@ from sfpo_lab.rollout.base import (
     mask_after_eos,
 )
 from sfpo_lab.rollout.hf import HFEngine
-from sfpo_lab.rollout.sync import iter_full_tensors, load_named_tensors_, push_full_weights
+from sfpo_lab.rollout.sync import (
+    WeightSource,
+    iter_full_tensors,
+    load_named_tensors_,
+    module_weights,
+    push_full_weights,
+)
 from sfpo_lab.rollout.vllm import VLLMEngine
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "RolloutEngine",
     "SamplingParams",
     "VLLMEngine",
+    "WeightSource",
     "build_rollout_batch",
     "concat_rollouts",
     "derive_seed",
@@ -30,5 +37,6 @@ __all__ = [
     "left_pad",
     "load_named_tensors_",
     "mask_after_eos",
+    "module_weights",
     "push_full_weights",
 ]

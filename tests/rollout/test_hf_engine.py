@@ -193,3 +193,84 @@ def test_closed_engine_refuses_to_generate(model) -> None:
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate([[3]], SamplingParams(max_new_tokens=1))
+
+
+# ---------------------------------------------------------------- device (issue 14, item 1)
+def test_owned_copy_moves_to_the_training_device(model_factory) -> None:
+    engine = HFEngine(model_factory(0), PAD, EOS, owns_model=True, device="meta")
+    assert engine.device == torch.device("meta")
+    assert {p.device.type for p in engine.model.parameters()} == {"meta"}
+    cpu = HFEngine(model_factory(0), PAD, EOS, owns_model=True, device="cpu")
+    assert cpu.device == torch.device("cpu") and cpu.dtype == torch.float32
+
+
+def test_refuses_to_generate_on_the_host_beside_an_accelerator(model) -> None:
+    engine = HFEngine(model, PAD, EOS, device="cuda")  # borrowed: not moved
+    assert engine.device == torch.device("cuda")
+    with pytest.raises(RuntimeError, match="on cpu but the training device is cuda"):
+        engine.generate([[3]], SamplingParams(max_new_tokens=2), seed=0)
+
+
+def test_weight_source_pushes_when_the_version_changes(model_factory) -> None:
+    trainer = {"model": model_factory(1), "iteration": 0}
+    engine = HFEngine(model_factory(0), PAD, EOS, owns_model=True)
+    engine.set_weight_source(
+        lambda: trainer["model"].state_dict().items(), lambda: trainer["iteration"]
+    )
+    pushes = []
+    sync = engine.sync_weights
+    engine.sync_weights = lambda named: (pushes.append(1), sync(named))
+    params = SamplingParams(max_new_tokens=3, greedy=True)
+    for _ in range(2):  # same version twice: one push
+        got = engine.generate(PROMPTS, params)
+    want = HFEngine(trainer["model"], PAD, EOS).generate(PROMPTS, params)
+    assert torch.equal(got.input_ids, want.input_ids) and len(pushes) == 1
+    trainer["model"], trainer["iteration"] = model_factory(2), 1
+    got = engine.generate(PROMPTS, params)
+    want = HFEngine(trainer["model"], PAD, EOS).generate(PROMPTS, params)
+    assert torch.equal(got.input_ids, want.input_ids) and len(pushes) == 2
+
+
+# ------------------------------------------------- per-row streams (issue 13 item 8, 14 item 5)
+KEYED = [[5, 6, 7], [2, 3, 4, 5, 9, 8], [11], [4, 4], [7, 8, 9, 10, 12], [13, 2], [3], [9, 9, 9]]
+
+
+def _rows_by_key(engine, prompts, keys, params, seed) -> dict[tuple[int, int], list[int]]:
+    batch = engine.generate(prompts, params, seed=seed, keys=keys)
+    out = {}
+    for i, key in enumerate(keys):
+        for j in range(params.n):
+            row = i * params.n + j
+            out[key, j] = batch.response_ids[row, : int(batch.response_lengths[row])].tolist()
+    return out
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(n=3, max_new_tokens=8),
+        SamplingParams(n=2, max_new_tokens=8, temperature=0.7, top_k=6, top_p=0.8),
+    ],
+    ids=["plain", "filtered"],
+)
+def test_rows_do_not_depend_on_batch_size_chunking_or_order(model, params) -> None:
+    engine = HFEngine(model, PAD, EOS)
+    keys = [100 + 7 * i for i in range(len(KEYED))]
+    whole = _rows_by_key(engine, KEYED, keys, params, seed=5)
+    for size in (1, 3, 4):  # other batch sizes (and so other padding widths)
+        chunked = {}
+        for start in range(0, len(KEYED), size):
+            part = slice(start, start + size)
+            chunked |= _rows_by_key(engine, KEYED[part], keys[part], params, seed=5)
+        assert chunked == whole, f"chunks of {size}"
+    reverse = _rows_by_key(engine, KEYED[::-1], keys[::-1], params, seed=5)
+    assert reverse == whole
+    # the streams are really per key and per sample: another seed or key changes rows
+    assert _rows_by_key(engine, KEYED, keys, params, seed=6) != whole
+    samples = [whole[keys[0], j] for j in range(params.n)] + [whole[keys[1], 0]]
+    assert len({tuple(s) for s in samples}) > 1
+
+
+def test_keys_must_match_prompts(model) -> None:
+    with pytest.raises(ValueError, match="keys has 2 entries for 3 prompts"):
+        HFEngine(model, PAD, EOS).generate(PROMPTS, SamplingParams(), seed=0, keys=[1, 2])

@@ -38,8 +38,8 @@ TINY = [  # as tests/test_train_e2e.py
 
 
 class EngineWeightAudit(L.Callback):
-    """Before every ``engine.generate`` of a run (training and validation), record how far
-    vLLM's weights are from the trainer's policy; written to ``out`` as JSON lines."""
+    """After every ``engine.generate`` of a run (training and validation), record how far the
+    weights vLLM generated with are from the trainer's policy; JSON lines in ``out``."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
@@ -47,9 +47,10 @@ class EngineWeightAudit(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         engine, generate = pl_module.engine, pl_module.engine.generate
 
-        def audited(prompts, params, seed=None):
+        def audited(prompts, params, *args, **kwargs):
+            batch = generate(prompts, params, *args, **kwargs)  # pushes first if it must
             state = {k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()}
-            diff = engine.weight_mismatch(state.items())
+            diff = engine.weight_mismatch(state.items())  # the weights it generated with
             record = {
                 "iteration": pl_module.iteration,
                 "training": params.return_logprobs,  # validation asks for no log-probs
@@ -59,7 +60,7 @@ class EngineWeightAudit(L.Callback):
             }
             with open(self.out, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            return generate(prompts, params, seed)
+            return batch
 
         engine.generate = audited
 
