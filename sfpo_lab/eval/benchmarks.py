@@ -10,7 +10,10 @@ once, so that grading sees the same string whichever source was used:
   hold several parts; all parts are required, so they are joined as ``"69, 84"``, which
   math-verify parses as a set.
 - AMC: float answers such as ``27.0`` become ``"27"``.
-- Everywhere: surrounding ``$`` are stripped.
+- Everywhere: surrounding ``$`` are stripped, and e-notation, bare ``%``, numpy-style
+  fractions and functions and trailing punctuation become LaTeX (``golds.standardize_gold``).
+
+The normalisers live in :mod:`sfpo_lab.eval.golds`.
 
 Any other file loads by field mapping through ``load_benchmark_from_fields``.
 """
@@ -18,17 +21,38 @@ Any other file loads by field mapping through ``load_benchmark_from_fields``.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sfpo_lab.data.records import Problem
 from sfpo_lab.data.sources import load_problems, read_rows
-from sfpo_lab.rewards.extract import last_boxed
+from sfpo_lab.eval.golds import (
+    Row,
+    first_present,
+    gold_from_answer,
+    gold_from_final_answer,
+    gold_from_solution_box,
+    join_answer_parts,
+    normalize_gold,
+    repair_eaten_escapes,
+    standardize_gold,
+)
 
-Row = Mapping[str, Any]
+__all__ = [
+    "BENCHMARKS",
+    "PAPER_BENCHMARKS",
+    "BenchmarkSpec",
+    "get_spec",
+    "join_answer_parts",
+    "load_benchmark",
+    "load_benchmark_from_fields",
+    "load_benchmarks",
+    "normalize_gold",
+    "repair_eaten_escapes",
+    "standardize_gold",
+]
 
 PAPER_BENCHMARKS: tuple[str, ...] = (
     "math500",
@@ -41,116 +65,6 @@ PAPER_BENCHMARKS: tuple[str, ...] = (
 """The six benchmarks of the paper's Table 1, in its column order; ``val/avg`` averages these."""
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-_INTEGRAL_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
-_DOLLAR_SEPARATOR = re.compile(r"\$\s*,\s*\$")
-_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
-# JSON escapes that ate a LaTeX backslash upstream: "\frac" -> form feed + "rac" (aime25).
-_EATEN_ESCAPES = {"\x07": "\\a", "\x08": "\\b", "\x0b": "\\v", "\x0c": "\\f"}
-_EATEN_TAB_OR_CR = re.compile(r"[\t\r](?=[a-zA-Z])")
-
-
-# --------------------------------------------------------------------------- normalisers
-
-
-def normalize_gold(value: Any) -> str:
-    """Normalise a scalar gold answer to the string form grading expects.
-
-    Integral floats become integers (``27.0`` -> ``"27"``, also for the string ``"27.0"``),
-    surrounding whitespace and ``$`` are stripped.
-
-    Args:
-        value: the raw answer (str, int or float).
-
-    Returns:
-        The normalised answer; ``""`` for ``None``.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value).strip().strip("$").strip()
-    match = _INTEGRAL_FLOAT.match(text)
-    return match.group(1) if match else text
-
-
-def join_answer_parts(final_answer: Any) -> str:
-    """Join an OlympiadBench ``final_answer`` into one gold that needs every part.
-
-    The field is a list of strings, and a single string may itself hold several
-    ``$``-delimited parts (``"$69$,$84$"``). All parts are kept and joined by ``", "``;
-    every ``$`` is dropped (some rows carry stray ones, e.g. ``"$221,$8$"``).
-
-    Args:
-        final_answer: a list of answer strings, or one string.
-
-    Returns:
-        The joined gold, e.g. ``"69, 84"``.
-    """
-    items = [final_answer] if isinstance(final_answer, str) else list(final_answer or [])
-    parts = []
-    for item in items:
-        for part in _DOLLAR_SEPARATOR.split(str(item)):
-            part = part.replace("$", "").strip()
-            if part:
-                parts.append(part)
-    return ", ".join(parts)
-
-
-def repair_eaten_escapes(text: str) -> str:
-    r"""Restore LaTeX backslashes that a JSON round trip turned into control characters.
-
-    aime25 upstream holds ``\x0crac`` for ``\frac`` and ``\triangle`` as a tab + ``riangle``.
-    Newlines are left alone: they are mostly real.
-    """
-    for char, escape in _EATEN_ESCAPES.items():
-        text = text.replace(char, escape)
-    return _EATEN_TAB_OR_CR.sub(lambda m: "\\t" if m.group(0) == "\t" else "\\r", text)
-
-
-def _first_present(row: Row, fields: Sequence[str]) -> Any:
-    """The value of the first field in ``fields`` that is present and non-empty in ``row``."""
-    for field in fields:
-        value = row.get(field)
-        if value is not None and not (isinstance(value, str) and not value.strip()):
-            return value
-    return None
-
-
-def _ground_truth(row: Row) -> Any:
-    """``reward_model.ground_truth`` of a verl-layout row, or ``None``."""
-    reward_model = row.get("reward_model")
-    if isinstance(reward_model, Mapping):
-        return reward_model.get("ground_truth")
-    return None
-
-
-def gold_from_answer(row: Row) -> str:
-    """Default gold: verl ``reward_model.ground_truth``, else ``answer``, else the last box of
-    ``solution`` (hub copies of MATH carry only the solution)."""
-    value = _ground_truth(row)
-    if value is None:
-        value = _first_present(row, ("answer", "Answer"))
-    if value is None and isinstance(row.get("solution"), str):
-        value = last_boxed(row["solution"])
-    return normalize_gold(value)
-
-
-def gold_from_solution_box(row: Row) -> str:
-    """Minerva gold: the last ``\\boxed{}`` of ``solution``; hub copies that ship only an
-    extracted ``answer`` fall back to it."""
-    solution = row.get("solution")
-    boxed = last_boxed(solution) if isinstance(solution, str) else None
-    if boxed is not None:
-        # Math-mode toggles inside a box are noise: "x_{0} \cos (\omega t)+$ $\dot{x}_{0} ...".
-        boxed = _UNESCAPED_DOLLAR.sub("", boxed)
-    return normalize_gold(boxed if boxed is not None else _first_present(row, ("answer",)))
-
-
-def gold_from_final_answer(row: Row) -> str:
-    """OlympiadBench gold: every part of ``final_answer`` (see ``join_answer_parts``)."""
-    if row.get("final_answer") is None:
-        return gold_from_answer(row)
-    return join_answer_parts(row["final_answer"])
 
 
 # --------------------------------------------------------------------------- registry
@@ -292,7 +206,7 @@ def _hub_rows(spec: BenchmarkSpec) -> list[dict[str, Any]]:
 
 def _to_problem(spec: BenchmarkSpec, index: int, row: Row) -> Problem:
     """Turn one raw row into a ``Problem``, failing loudly on a missing question or gold."""
-    question = _first_present(row, spec.problem_fields)
+    question = first_present(row, spec.problem_fields)
     answer = spec.gold(row)
     if question is None or not answer:
         missing = "question" if question is None else "gold answer"

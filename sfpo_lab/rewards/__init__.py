@@ -11,6 +11,10 @@ from typing import Any
 
 _EXPORTS = {
     "last_boxed": "extract",
+    "ANSWER_PARSINGS": "parsing",
+    "AnswerParsing": "parsing",
+    "extract_answer": "parsing",
+    "GradeTimeout": "verify",
     "Grade": "verify",
     "answers_match": "verify",
     "grade": "verify",

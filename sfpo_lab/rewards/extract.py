@@ -26,13 +26,13 @@ def _brace_after(text: str, index: int) -> int | None:
     return match.end() - 1 if match else None
 
 
-def _last_command(text: str) -> int | None:
+def _last_command(text: str, commands: tuple[str, ...]) -> int | None:
     """Index of the ``{`` after the last box command whose argument is braced.
 
     ``\\boxed 5`` and ``\\boxedfoo`` are skipped and the search goes on to the left. Each
     command keeps its own search end, so every character is scanned at most once per command.
     """
-    found = {cmd: text.rfind(cmd) for cmd in BOX_COMMANDS}
+    found = {cmd: text.rfind(cmd) for cmd in commands}
     while True:
         cmd, start = max(found.items(), key=lambda item: item[1])
         if start < 0:
@@ -43,7 +43,7 @@ def _last_command(text: str) -> int | None:
         found[cmd] = text.rfind(cmd, 0, start)
 
 
-def _matching_brace(text: str, open_index: int, max_chars: int) -> int | None:
+def matching_brace(text: str, open_index: int, max_chars: int) -> int | None:
     """Index of the ``}`` closing the ``{`` at ``open_index``, or None within ``max_chars``.
 
     Braces are counted without regard to escapes (``\\{ \\}`` come in pairs in practice),
@@ -58,12 +58,19 @@ def _matching_brace(text: str, open_index: int, max_chars: int) -> int | None:
     return None
 
 
-def last_boxed(text: str, max_chars: int = MAX_BOX_CHARS) -> str | None:
+def last_boxed(
+    text: str, max_chars: int = MAX_BOX_CHARS, commands: tuple[str, ...] = BOX_COMMANDS
+) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``.
+
+    A box command without a braced argument (``\\boxed 5``) is skipped. The reward's own
+    extraction is :func:`sfpo_lab.rewards.parsing.extract_answer` (the authors' rules by
+    default); this function serves the data loaders and the ``strict_box`` parsing.
 
     Args:
         text: a model completion (any length; cost is linear and mostly in C).
         max_chars: contents longer than this count as unterminated.
+        commands: the box commands that count.
 
     Returns:
         The text between the braces (may be empty), or None when there is no box, or the
@@ -75,10 +82,10 @@ def last_boxed(text: str, max_chars: int = MAX_BOX_CHARS) -> str | None:
         >>> last_boxed(r"\\boxed{1") is None
         True
     """
-    open_index = _last_command(text)
+    open_index = _last_command(text, commands)
     if open_index is None:
         return None
-    close = _matching_brace(text, open_index, max_chars)
+    close = matching_brace(text, open_index, max_chars)
     if close is None:
         return None
     return text[open_index + 1 : close]

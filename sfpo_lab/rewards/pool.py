@@ -5,27 +5,44 @@ long C-level work (e.g. sympy evaluating ``10^{10^{10}}`` runs to its 10 s alarm
 each answer is compared in a pebble worker process under a hard timeout: a worker that
 overruns or dies is killed and replaced, that answer is graded wrong, and the pool lives on.
 
-Boxed answers are extracted in the calling process (cheap, linear) so only short strings
-cross the process boundary; identical ``(pred, gold)`` pairs are compared once per call
-(a group of G samples often repeats the same answer).
+Answers are extracted in the calling process (cheap, linear) so only short strings cross the
+process boundary; identical ``(pred, gold)`` pairs are compared once per call (a group of G
+samples often repeats the same answer).
+
+Timeouts are counted, not hidden: a pair whose comparison timed out (the per-answer limit,
+math-verify's own alarm) or whose worker died marks its sample ``timed_out``. When several
+samples share that pair, it is compared once more after the rest (all such pairs together),
+so a transient stall (an overloaded machine, a killed worker) is not passed on to every
+sample of the group: only a shared pair that fails twice (or that the batch timeout cut off)
+marks all its samples. A pair of one sample is not retried (nothing to spread; a hostile
+answer costs one timeout, not two). Each such sample is graded wrong, as the authors' code grades a
+math-verify timeout (0.1 if boxed), and counted in ``grade_timeouts``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 
-from pebble import ProcessPool
+from pebble import ProcessExpired, ProcessPool
 
-from sfpo_lab.rewards.extract import last_boxed
-from sfpo_lab.rewards.verify import Grade, answers_match
+from sfpo_lab.rewards.parsing import AnswerParsing, extract_answer, get_answer_parsing
+from sfpo_lab.rewards.verify import Grade, GradeTimeout, answers_match
 
 MatchFn = Callable[[str, str], bool]
-"""``(pred, gold) -> correct``; must be a picklable module-level function."""
+"""``(pred, gold) -> correct``; must be picklable (a module-level function or a partial of
+one). Raising :class:`GradeTimeout` marks the pair timed out; other errors mean wrong."""
+
+Verdict = bool | None
+"""A pair's outcome: equal, not equal, or None = never finished (timeout, dead worker)."""
+
+_UNFINISHED = (concurrent.futures.TimeoutError, ProcessExpired, GradeTimeout)
 
 
 STARTUP_TIMEOUT_S = 120.0
@@ -71,7 +88,11 @@ class MathVerifier:
             heavy imports out of its top level (``train.py`` does: ~0.2 s per worker; a script
             importing torch + transformers at the top costs ~3 s per worker and replacement).
             ``"fork"`` starts workers in ~0.1 s but forks the (multi-threaded) trainer.
-        match_fn: the comparison run in workers (a hook for tests and other checkers).
+        parsing: answer extraction and comparison, a preset name of
+            :data:`~sfpo_lab.rewards.parsing.ANSWER_PARSINGS` (default the authors') or an
+            :class:`~sfpo_lab.rewards.parsing.AnswerParsing`.
+        match_fn: the comparison run in workers (a hook for tests and other checkers);
+            default :func:`~sfpo_lab.rewards.verify.answers_match` under ``parsing``.
 
     Use as a context manager or call :meth:`close`.
     """
@@ -83,7 +104,8 @@ class MathVerifier:
         *,
         batch_timeout_s: float | None = None,
         start_method: str = "forkserver",
-        match_fn: MatchFn = answers_match,
+        parsing: str | AnswerParsing = "authors",
+        match_fn: MatchFn | None = None,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -98,7 +120,8 @@ class MathVerifier:
         self.timeout_s = timeout_s
         self.batch_timeout_s = batch_timeout_s
         self.start_method = start_method
-        self.match_fn = match_fn
+        self.parsing = get_answer_parsing(parsing)
+        self.match_fn = match_fn or functools.partial(answers_match, parsing=self.parsing)
         self._pool: ProcessPool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -157,23 +180,35 @@ class MathVerifier:
         """Grade ``completions[i]`` against ``golds[i]`` for every i.
 
         Returns:
-            One :class:`Grade` per completion, in order. Timeouts, crashed workers and checker
-            errors give ``correct=False`` (``boxed`` still reflects the completion).
+            One :class:`Grade` per completion, in order. Checker errors give
+            ``correct=False``; timeouts and dead workers give ``correct=False,
+            timed_out=True`` (``boxed`` still reflects the completion).
         """
         if len(completions) != len(golds):
             raise ValueError(
                 f"grade_many needs one gold per completion: got {len(completions)} completions "
                 f"and {len(golds)} golds"
             )
-        preds = [last_boxed(c) for c in completions]
-        pairs = sorted({(p, g) for p, g in zip(preds, golds, strict=True) if p is not None})
-        verdicts = self._verdicts_inline(pairs) if self.num_workers == 0 else self._verdicts(pairs)
+        preds = [extract_answer(c, self.parsing) for c in completions]
+        counts = Counter((p, g) for p, g in zip(preds, golds, strict=True) if p is not None)
+        pairs = sorted(counts)
+        if self.num_workers == 0:
+            verdicts = self._verdicts_inline(pairs)
+        else:
+            verdicts = self._verdicts(pairs, shared={pair for pair, n in counts.items() if n > 1})
         return [
-            Grade(correct=p is not None and verdicts[(p, g)], boxed=p is not None, pred=p)
+            Grade(correct=False, boxed=False, pred=None)
+            if p is None
+            else Grade(
+                correct=verdicts[(p, g)] is True,
+                boxed=True,
+                pred=p,
+                timed_out=verdicts[(p, g)] is None,
+            )
             for p, g in zip(preds, golds, strict=True)
         ]
 
-    def _verdicts_inline(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+    def _verdicts_inline(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
         """Compare in this thread; math-verify's alarms need the main thread."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
@@ -182,16 +217,30 @@ class MathVerifier:
             )
         return {pair: _safe_match(self.match_fn, *pair) for pair in pairs}
 
-    def _verdicts(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
-        """Compare in worker processes under the per-answer (and optional batch) timeout."""
+    def _verdicts(
+        self, pairs: list[tuple[str, str]], shared: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], Verdict]:
+        """Compare in worker processes under the per-answer (and optional batch) timeout;
+        ``shared`` pairs (several samples) that did not finish get one more round."""
+        verdicts, cut_off = self._verdict_round(pairs, self.batch_timeout_s)
+        retry = [p for p, v in verdicts.items() if v is None and p in shared and p not in cut_off]
+        if retry:
+            verdicts.update(self._verdict_round(retry, self.batch_timeout_s)[0])
+        return verdicts
+
+    def _verdict_round(
+        self, pairs: list[tuple[str, str]], batch_timeout_s: float | None
+    ) -> tuple[dict[tuple[str, str], Verdict], set[tuple[str, str]]]:
+        """One scheduling round: the verdicts, and the pairs the batch timeout cut off."""
         pool = self._ensure_pool()
         futures = {
             pool.schedule(self.match_fn, args=pair, timeout=self.timeout_s): pair for pair in pairs
         }
-        done, not_done = concurrent.futures.wait(futures, timeout=self.batch_timeout_s)
+        done, not_done = concurrent.futures.wait(futures, timeout=batch_timeout_s)
         for future in not_done:
             future.cancel()  # pebble kills the worker running it; the pool replaces it
-        return {pair: _future_verdict(f) if f in done else False for f, pair in futures.items()}
+        verdicts = {pair: _future_verdict(f) if f in done else None for f, pair in futures.items()}
+        return verdicts, {futures[f] for f in not_done}
 
 
 def _check_health(pool: ProcessPool) -> None:
@@ -211,17 +260,22 @@ def _check_health(pool: ProcessPool) -> None:
         raise RuntimeError("MathVerifier workers started but math-verify graded '2' == '2' wrong")
 
 
-def _safe_match(match_fn: MatchFn, pred: str, gold: str) -> bool:
-    """``match_fn`` with every exception turned into "wrong"."""
+def _safe_match(match_fn: MatchFn, pred: str, gold: str) -> Verdict:
+    """``match_fn`` with a math-verify timeout as None and any other exception as "wrong"."""
     try:
         return bool(match_fn(pred, gold))
+    except GradeTimeout:
+        return None
     except Exception:  # any checker failure means "not verified"
         return False
 
 
-def _future_verdict(future: concurrent.futures.Future) -> bool:
-    """The boolean result of a finished task; timeouts, crashes and errors are False."""
+def _future_verdict(future: concurrent.futures.Future) -> Verdict:
+    """The verdict of a finished task: None for a timeout or a dead worker, False for a
+    checker error."""
     try:
         return bool(future.result(timeout=0))
-    except Exception:  # TimeoutError, ProcessExpired, checker errors
+    except _UNFINISHED:
+        return None
+    except Exception:  # checker errors: not verified
         return False

@@ -1,7 +1,8 @@
 """Reward schemes: a :class:`Grade` becomes a scalar reward.
 
 ``"authors"`` is the SFPO release's scheme (1.0 correct, 0.1 boxed but wrong, 0.0 no box);
-``"binary"`` is plain correctness.
+``"binary"`` is plain correctness. An answer whose grading timed out is wrong: 0.1 under
+``"authors"`` when boxed, as their code pays a math-verify timeout (``verify`` returns False).
 """
 
 from __future__ import annotations
@@ -54,18 +55,20 @@ def compute_rewards(
 
     Returns:
         ``(rewards, metrics)``: rewards is a float32 tensor of shape [N]; metrics holds ``acc``
-        (fraction correct), ``boxed_frac`` and ``reward_mean`` (NaN when N == 0). Keys are bare;
-        the caller namespaces them (``train/acc``...).
+        (fraction correct), ``boxed_frac`` and ``reward_mean`` (NaN when N == 0) and
+        ``grade_timeouts`` (the number of samples whose grading never finished, 0 when N == 0).
+        Keys are bare; the caller namespaces them (``train/acc``, ``val/<b>/grade_timeouts``).
     """
     reward_fn = get_reward_scheme(scheme)
     rewards = torch.tensor([reward_fn(g) for g in grades], dtype=torch.float32)
     n = len(grades)
     if n == 0:
         nan = float("nan")
-        return rewards, {"acc": nan, "boxed_frac": nan, "reward_mean": nan}
+        return rewards, {"acc": nan, "boxed_frac": nan, "reward_mean": nan, "grade_timeouts": 0.0}
     metrics = {
         "acc": sum(g.correct for g in grades) / n,
         "boxed_frac": sum(g.boxed for g in grades) / n,
         "reward_mean": rewards.mean().item(),
+        "grade_timeouts": float(sum(g.timed_out for g in grades)),
     }
     return rewards, metrics

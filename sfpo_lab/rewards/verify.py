@@ -1,37 +1,60 @@
 """Grading one completion against a gold answer with math-verify.
 
-The prediction is the last ``\\boxed{}`` of the completion (see :mod:`.extract`), re-wrapped
-in ``\\boxed{}`` for ``math_verify.parse`` (a bare ``\\sqrt{18}`` parses to nothing); the gold
-is parsed both as ``\\boxed{gold}`` and as ``$gold$`` and either may match. Any exception
-counts as wrong.
+The answer is taken from the completion and compared with the gold as the
+:class:`~sfpo_lab.rewards.parsing.AnswerParsing` says (the authors' rules by default: both
+wrapped in ``$...$``, ``verify(answer, gold)``). Any exception counts as wrong.
 
-math-verify bounds its own work with ``signal.alarm`` (5 s per parse, 10 s per comparison),
-which only works in a process's main thread; :class:`~sfpo_lab.rewards.pool.MathVerifier`
-adds a hard per-answer timeout on top by grading in worker processes.
+math-verify bounds its own work with ``signal.alarm`` (5 s per parse, 5 s per comparison),
+which only works in a process's main thread, and turns a timeout into "not equal" with a
+logged warning. Here such a timeout raises :class:`GradeTimeout` instead, so that the pool can
+count it (:attr:`Grade.timed_out`); :class:`~sfpo_lab.rewards.pool.MathVerifier` adds a hard
+per-answer timeout on top by grading in worker processes.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from math_verify import parse, verify
 
-from sfpo_lab.rewards.extract import last_boxed
+from sfpo_lab.rewards.parsing import AUTHORS, AnswerParsing, extract_answer, get_answer_parsing
 
 # latex2sympy2_extended logs a deprecation warning on *every* parse with math-verify's default
 # normalisation config; at thousands of answers per iteration that floods the logs.
 logging.getLogger("latex2sympy2_extended.math_normalization").setLevel(logging.ERROR)
 
 MAX_ANSWER_CHARS = 1000
-"""Boxed answers longer than this are graded wrong without parsing (bounds sympy's work)."""
+"""Answers longer than this are graded wrong without parsing (bounds sympy's work)."""
 
 MAX_PARTS = 16
 """Multi-part answers with more comma-separated parts than this are graded wrong."""
 
-_DOLLAR = re.compile(r"(?<!\\)\$")
 _OPEN, _CLOSE = "([{", ")]}"
+
+
+class GradeTimeout(Exception):
+    """math-verify gave up on a parse or comparison (its own alarm); the verdict is unknown."""
+
+
+class _TimeoutCounter(logging.Filter):
+    """Counts (and swallows) math-verify's "Timeout during ..." warnings in this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Timeout during"):
+            self.count += 1
+            return False
+        return True
+
+
+_TIMEOUTS = _TimeoutCounter()
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_TIMEOUTS)
+    logging.getLogger(_name).setLevel(logging.WARNING)  # the filter only sees emitted records
 
 
 @dataclass(frozen=True)
@@ -39,14 +62,18 @@ class Grade:
     """Outcome of grading one completion.
 
     Attributes:
-        correct: the boxed answer is mathematically equal to the gold.
-        boxed: the completion holds a terminated ``\\boxed{}`` (the authors' 0.1 format reward).
-        pred: the boxed content, or None when there is no box.
+        correct: the answer is mathematically equal to the gold.
+        boxed: the completion holds an answer box (the authors' 0.1 format reward).
+        pred: the extracted answer, or None when there is no box.
+        timed_out: the comparison never finished (math-verify's alarm, the pool's per-answer
+            or batch timeout, or a dead worker); ``correct`` is then False, as in the
+            authors' code (math-verify returns False on its timeouts: 0.1 if boxed).
     """
 
     correct: bool
     boxed: bool
     pred: str | None
+    timed_out: bool = False
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -68,54 +95,62 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
-def _parse_pred(pred: str) -> list:
-    """math-verify parse of a predicted answer, wrapped in ``\\boxed{}``."""
-    return parse("\\boxed{" + pred + "}")
+def _in_dollars(text: str) -> str:
+    """``$text$`` as the authors' ``wrap_math_in_latex`` writes it (a present ``$`` is kept)."""
+    text = text if text.startswith("$") else "$" + text
+    return text if text.endswith("$") else text + "$"
 
 
-def _parse_gold(gold: str) -> list[list]:
-    """The gold parsed two ways: wrapped in ``\\boxed{}`` (keeps text answers such as
-    ``\\text{Evelyn}``) and in ``$...$`` (drops units and ``\\%``, reads ``\\text{(A)}`` as A);
-    a prediction matching either is correct. Empty parses are left out."""
-    gold = _DOLLAR.sub("", gold).strip()
-    parses = (parse("\\boxed{" + gold + "}"), parse("$" + gold + "$"))
-    return [p for p in parses if p]
+def _parse(text: str) -> list:
+    """math-verify's default parse of ``$text$``."""
+    return parse(_in_dollars(text))
 
 
-def _verified(pred_parsed: list, gold_parses: list[list]) -> bool:
-    """math-verify equivalence (gold first: ``verify`` is asymmetric)."""
-    return bool(pred_parsed) and any(verify(g, pred_parsed) for g in gold_parses)
+def _verified(answer: list, gold: list, parsing: AnswerParsing) -> bool:
+    """math-verify equivalence in the order ``parsing`` names (``verify`` is asymmetric)."""
+    if not answer or not gold:
+        return False
+    if parsing.verify_order == "answer_first":
+        return bool(verify(answer, gold))
+    return bool(verify(gold, answer))
 
 
-def _all_parts_match(pred: str, gold: str) -> bool:
+def _all_parts_match(pred: str, gold: str, parsing: AnswerParsing) -> bool:
     """Every comma-separated gold part is matched by a distinct predicted part (any order)."""
     gold_parts, pred_parts = split_top_level(gold), split_top_level(pred)
     if len(gold_parts) < 2 or len(gold_parts) != len(pred_parts) or len(gold_parts) > MAX_PARTS:
         return False
-    unused = [_parse_pred(p) for p in pred_parts]
+    unused = [_parse(p) for p in pred_parts]
     for part in gold_parts:
-        gold_parses = _parse_gold(part)
-        hit = next((i for i, p in enumerate(unused) if _verified(p, gold_parses)), None)
+        gold_parsed = _parse(part)
+        hit = next((i for i, p in enumerate(unused) if _verified(p, gold_parsed, parsing)), None)
         if hit is None:
             return False
         unused.pop(hit)
     return True
 
 
-def answers_match(pred: str, gold: str) -> bool:
-    """Whether a predicted answer (boxed content) equals the gold answer.
+def answers_match(pred: str, gold: str, parsing: str | AnswerParsing = AUTHORS) -> bool:
+    """Whether an extracted answer equals the gold answer under ``parsing``.
 
-    Multi-part golds (comma-joined, e.g. OlympiadBench multi-answer rows ``"69, 84"``) need all
-    parts: math-verify compares them as sets first, then part by part in any order.
-    Exceptions propagate; callers turn them into "wrong".
+    Raises:
+        GradeTimeout: math-verify timed out on a parse or comparison and nothing matched.
+        Exception: any other checker failure propagates; callers turn it into "wrong".
     """
+    parsing = get_answer_parsing(parsing)
     pred = pred.strip()
     if not pred or len(pred) > MAX_ANSWER_CHARS or not gold.strip():
         return False
-    return _verified(_parse_pred(pred), _parse_gold(gold)) or _all_parts_match(pred, gold)
+    timeouts_before = _TIMEOUTS.count
+    match = _verified(_parse(pred), _parse(gold), parsing) or (
+        parsing.parts_any_order and _all_parts_match(pred, gold, parsing)
+    )
+    if not match and _TIMEOUTS.count > timeouts_before:
+        raise GradeTimeout(f"math-verify timed out grading {pred[:80]!r} against {gold[:80]!r}")
+    return match
 
 
-def grade(completion: str, gold: str) -> Grade:
+def grade(completion: str, gold: str, parsing: str | AnswerParsing = AUTHORS) -> Grade:
     """Grade ``completion`` against ``gold``; never raises (any error is a wrong answer).
 
     Call it from a main thread or a worker process (math-verify uses signal alarms).
@@ -123,11 +158,13 @@ def grade(completion: str, gold: str) -> Grade:
     >>> grade(r"... so the answer is \\boxed{\\frac{1}{2}}", "0.5").correct
     True
     """
-    pred = last_boxed(completion)
+    pred = extract_answer(completion, parsing)
     if pred is None:
         return Grade(correct=False, boxed=False, pred=None)
     try:
-        correct = answers_match(pred, gold)
+        correct = answers_match(pred, gold, parsing)
+    except GradeTimeout:
+        return Grade(correct=False, boxed=True, pred=pred, timed_out=True)
     except Exception:  # any failure of the checker means "not verified"
         correct = False
     return Grade(correct=correct, boxed=True, pred=pred)

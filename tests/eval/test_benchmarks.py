@@ -18,6 +18,7 @@ from sfpo_lab.eval.benchmarks import (
     load_benchmarks,
     normalize_gold,
     repair_eaten_escapes,
+    standardize_gold,
 )
 
 # Row counts from ../shared/data/README.md.
@@ -65,7 +66,7 @@ def test_limit_keeps_first_rows(benchmarks_dir: Path):
 def test_minerva_gold_is_last_box_of_solution(benchmarks_dir: Path):
     problems = load_benchmark("minerva_math", benchmarks_dir, limit=2)
     assert problems[0].answer == "1.6"  # "...=\boxed{1.6} \mathrm{~cm}"
-    assert problems[1].answer == "4.5e33"
+    assert problems[1].answer == r"4.5 \times 10^{33}"  # upstream "4.5e33"
     assert problems[0].id == "0"
 
 
@@ -102,6 +103,33 @@ def test_aime25_mangled_escapes_are_repaired(benchmarks_dir: Path):
 )
 def test_normalize_gold(raw, gold):
     assert normalize_gold(raw) == gold
+
+
+@pytest.mark.parametrize(
+    ("raw", "gold"),
+    [
+        ("4.5e33", r"4.5 \times 10^{33}"),
+        ("3e6", r"3 \times 10^{6}"),
+        ("1.2E-05", r"1.2 \times 10^{-5}"),
+        ("6.6e+2", r"6.6 \times 10^{2}"),
+        ("-1./3", "-1/3"),
+        ("-3./2", "-3/2"),
+        ("np.arcsin(10/13)", r"\arcsin(10/13)"),
+        ("np.sqrt(2*(3+1))/np.pi", r"\sqrt{2*(3+1)}/\pi"),
+        ("np.log(2)", r"\ln(2)"),
+        ("62.5%", r"62.5\%"),
+        (r"62.5\%", r"62.5\%"),
+        (r"(-\infty, 0) \cup\{1\}.", r"(-\infty, 0) \cup\{1\}"),
+        ("204.", "204"),
+        (r"x\,", r"x\,"),  # a LaTeX space is not punctuation
+        ("1.5", "1.5"),
+        (r"\mathrm{e}^{2}", r"\mathrm{e}^{2}"),
+        ("2e", "2e"),
+        (r"x_1e2", r"x_1e2"),
+    ],
+)
+def test_standardize_gold(raw, gold):
+    assert standardize_gold(raw) == gold
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,13 @@
-"""``last_boxed``: hand-checked extraction cases and linear cost on hostile strings."""
+"""``last_boxed`` / the authors' extraction: hand-checked cases, linear cost on hostile strings."""
 
 from __future__ import annotations
 
-import time
+import sys
 
 import pytest
 
 from sfpo_lab.rewards.extract import MAX_BOX_CHARS, last_boxed
+from sfpo_lab.rewards.parsing import authors_last_boxed, extract_answer
 
 
 @pytest.mark.parametrize(
@@ -44,26 +45,62 @@ def test_contents_longer_than_the_cap_count_as_unterminated():
     assert last_boxed("\\boxed{123}", max_chars=2) is None
 
 
+HOSTILE_FAMILIES = {
+    "text-then-box": lambda n: "x" * n + "\\boxed{5}",
+    "braces": lambda n: "{" * n,
+    "deep-nesting": lambda n: "\\boxed{" + "{" * n + "}" * n + "}",
+    "open-boxes": lambda n: "\\boxed{" * n,
+    "braceless": lambda n: "\\boxed 1" * n,
+    "boxes": lambda n: "\\boxed{1}" * n,
+    "fboxes-then-boxedx": lambda n: "\\fbox{1}" * n + "\\boxedx" * n,
+    "spaced-box-then-dollars": lambda n: "\\boxed " + "1" * n + "$" * n,
+}
+
+
+def _steps(fn, text: str) -> int:
+    """Python and C function calls made while ``fn(text)`` runs (a deterministic work count:
+    every brace the walk visits costs a ``match.group()`` call)."""
+    count = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal count
+        count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn(text)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("fn", [last_boxed, authors_last_boxed, extract_answer])
+@pytest.mark.parametrize("family", sorted(HOSTILE_FAMILIES))
+def test_hostile_strings_cost_at_most_linear_steps(family: str, fn):
+    """4x the input may cost at most ~4x the steps: a quadratic walk (re-scanning from each
+    candidate box) would cost 16x. 1 MB inputs run too, for their results."""
+    build = HOSTILE_FAMILIES[family]
+    small, large = _steps(fn, build(2_000)), _steps(fn, build(8_000))
+    assert large <= 4 * small + 100, (small, large)
+    fn(build(250_000))  # finishes (no recursion, no blow-up)
+
+
 @pytest.mark.parametrize(
-    "text",
+    ("text", "expected"),
     [
-        "x" * 1_000_000 + "\\boxed{5}",
-        "{" * 1_000_000,
-        "\\boxed{" + "{" * 500_000 + "}" * 500_000 + "}",
-        "\\boxed{" * 100_000,
-        "\\boxed 1" * 100_000,
-        "\\boxed{1}" * 100_000,
-    ],
-    ids=[
-        "1MB-then-box",
-        "1MB-braces",
-        "deep-nesting",
-        "100k-open-boxes",
-        "100k-braceless",
-        "100k-boxes",
+        (r"The answer is \boxed{42}.", "42"),
+        (r"first \boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{3} then \boxed 5$ and more", "5"),
+        (r"\boxed 7 is it", "7 is it"),  # up to the next $ or the end, as theirs
+        (r"\boxed 5$ but later \boxed{6}", "5"),  # any "\boxed " wins over a later box
+        (r"\fbox{7}", None),
+        (r"\boxedx{2}", None),
+        (r"\boxed{1} \boxedx{2}", None),
+        (r"\boxed{12", None),
+        (r"\boxed{a{b}c}", "a{b}c"),
+        ("no box", None),
     ],
 )
-def test_hostile_strings_are_cheap(text: str):
-    start = time.perf_counter()
-    last_boxed(text)
-    assert time.perf_counter() - start < 0.5
+def test_authors_last_boxed(text: str, expected: str | None):
+    assert authors_last_boxed(text) == expected
+    assert extract_answer(text) == expected  # the default parsing is the authors'

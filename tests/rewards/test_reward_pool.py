@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sfpo_lab.rewards.pool import MathVerifier
-from sfpo_lab.rewards.verify import Grade, grade
+from sfpo_lab.rewards.reward import compute_rewards
+from sfpo_lab.rewards.verify import Grade, GradeTimeout, grade
 
 TIMEOUT_S = 2.0
 
@@ -94,7 +95,7 @@ def test_a_real_slow_answer_is_killed_by_the_timeout(verifier: MathVerifier):
     grades = verifier.grade_many([r"\boxed{10^{10^{10}}}", r"\boxed{3}"], ["1", "3"])
     assert time.perf_counter() - start < TIMEOUT_S + 2.0
     assert grades == [
-        Grade(correct=False, boxed=True, pred="10^{10^{10}}"),
+        Grade(correct=False, boxed=True, pred="10^{10^{10}}", timed_out=True),
         Grade(correct=True, boxed=True, pred="3"),
     ]
     assert verifier.grade_many([r"\boxed{4}"], ["4"])[0].correct
@@ -102,11 +103,9 @@ def test_a_real_slow_answer_is_killed_by_the_timeout(verifier: MathVerifier):
 
 def test_an_injected_hang_is_killed_and_the_pool_lives_on():
     with MathVerifier(num_workers=1, timeout_s=1.0, match_fn=_sleep_forever) as pool:
-        start = time.perf_counter()
         grades = pool.grade_many([r"\boxed{hang}", r"\boxed{ok}"], ["x", "ok"])
-        assert time.perf_counter() - start < 4.0
-        assert [g.correct for g in grades] == [False, True]
-        assert grades[0].boxed  # a timed-out boxed answer still earns the format reward
+        # a timed-out boxed answer still earns the format reward, and is flagged
+        assert grades == [Grade(False, True, "hang", timed_out=True), Grade(True, True, "ok")]
         assert pool.grade_many([r"\boxed{ok}"], ["ok"])[0].correct
 
 
@@ -123,14 +122,14 @@ def test_checker_errors_are_wrong_answers():
 
 
 def test_batch_timeout_bounds_a_whole_call():
+    """Answers the batch timeout cut off are ungraded: wrong and flagged, never retried."""
     with MathVerifier(
         num_workers=1, timeout_s=30.0, batch_timeout_s=1.0, match_fn=_sleep_forever
     ) as pool:
-        pool.grade_many([r"\boxed{ok}"], ["ok"])  # start the worker outside the timing
-        start = time.perf_counter()
-        grades = pool.grade_many([r"\boxed{hang}", r"\boxed{ok}"], ["x", "ok"])
-        assert time.perf_counter() - start < 3.0
-        assert not grades[0].correct
+        pool.grade_many([r"\boxed{ok}"], ["ok"])  # start the worker first
+        grades = pool.grade_many([r"\boxed{hang}", r"\boxed{hang}"], ["x", "x"])
+        assert grades == [Grade(False, True, "hang", timed_out=True)] * 2
+        pool.batch_timeout_s = 120.0  # room for the killed worker's replacement on a busy host
         assert pool.grade_many([r"\boxed{ok}"], ["ok"])[0].correct
 
 
@@ -202,3 +201,79 @@ def test_a_preemption_signal_to_every_process_spares_the_workers():
         time.sleep(0.5)
         assert _descendants(os.getpid()) >= pids, "a worker died of SIGUSR1"
         assert pool.grade_many([r"\boxed{4}"], ["4"])[0].correct
+
+
+def _hang_once(pred: str, gold: str) -> bool:
+    """Hangs the first time it sees ``gold`` (a marker file path), answers at once after."""
+    marker = Path(gold)
+    if pred == "flaky" and not marker.exists():
+        marker.touch()
+        time.sleep(3600)
+    if pred == "hang":
+        time.sleep(3600)
+    return pred in ("flaky", "ok")
+
+
+def _times_out(pred: str, gold: str) -> bool:
+    """math-verify gave up (its own alarm) on every pair."""
+    raise GradeTimeout("math-verify timed out")
+
+
+def test_a_shared_timed_out_answer_is_regraded_not_spread(tmp_path: Path):
+    """Three samples share one answer whose first comparison stalls: the retry grades it, so
+    none of the three is counted as timed out."""
+    gold = str(tmp_path / "stalled-once")
+    with MathVerifier(num_workers=1, timeout_s=1.0, match_fn=_hang_once) as pool:
+        grades = pool.grade_many([r"\boxed{flaky}"] * 3 + [r"\boxed{ok}"], [gold] * 4)
+    assert grades == [Grade(True, True, "flaky")] * 3 + [Grade(True, True, "ok")]
+    assert compute_rewards(grades, "authors")[1]["grade_timeouts"] == 0.0
+
+
+def test_timeouts_are_flagged_per_sample_and_paid_as_boxed_but_wrong(tmp_path: Path):
+    """A lone stalled answer is not retried (one timeout, not two) and an answer that always
+    hangs marks each of its samples; the others are untouched."""
+    gold = str(tmp_path / "stalled-once")
+    completions = [r"\boxed{flaky}", r"\boxed{hang}", r"\boxed{hang}", r"\boxed{ok}", "no box"]
+    with MathVerifier(num_workers=1, timeout_s=1.0, match_fn=_hang_once) as pool:
+        grades = pool.grade_many(completions, [gold] * 5)
+    assert grades == [
+        Grade(False, True, "flaky", timed_out=True),
+        Grade(False, True, "hang", timed_out=True),
+        Grade(False, True, "hang", timed_out=True),
+        Grade(True, True, "ok"),
+        Grade(False, False, None),
+    ]
+    rewards, metrics = compute_rewards(grades, "authors")
+    assert rewards.tolist() == pytest.approx([0.1, 0.1, 0.1, 1.0, 0.0])
+    assert metrics["grade_timeouts"] == 3.0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_math_verify_timeout_is_flagged_inline_and_in_workers(workers: int):
+    with MathVerifier(num_workers=workers, match_fn=_times_out) as pool:
+        assert pool.grade_many([r"\boxed{1}"], ["1"]) == [Grade(False, True, "1", timed_out=True)]
+
+
+def test_math_verify_timeout_warnings_become_grade_timeouts():
+    """math-verify returns False on its own timeouts and only logs a warning; the verifier
+    counts that warning (on the loggers and with the text math-verify 0.9 uses)."""
+    import logging
+
+    import math_verify.grader
+    import math_verify.parser
+
+    from sfpo_lab.rewards import verify as verify_module
+
+    assert (
+        'logger.warning("Timeout during comparison")'
+        in Path(math_verify.grader.__file__).read_text()
+    )
+    assert (
+        'logger.warning(f"Timeout during parsing: {pred}")'
+        in Path(math_verify.parser.__file__).read_text()
+    )
+    before = verify_module._TIMEOUTS.count
+    logging.getLogger(math_verify.grader.__name__).warning("Timeout during comparison")
+    logging.getLogger(math_verify.parser.__name__).warning("Timeout during parsing: x")
+    logging.getLogger(math_verify.grader.__name__).warning("Error during comparison")
+    assert verify_module._TIMEOUTS.count == before + 2

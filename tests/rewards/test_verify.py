@@ -27,7 +27,6 @@ from sfpo_lab.rewards.verify import Grade, answers_match, grade, split_top_level
         (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}"),
         (r"\boxed{\pi}", r"\pi"),
         (r"\boxed{1} then \boxed{2}", "2"),
-        (r"\fbox{12}", "12"),
         (r"\boxed{1000}", "$1000$"),
     ],
 )
@@ -60,10 +59,30 @@ def test_no_box_is_wrong_even_if_the_number_is_right(completion: str):
     assert grade(completion, "27") == Grade(correct=False, boxed=False, pred=None)
 
 
-def test_percentages_are_asymmetric_in_math_verify():
-    """Documented quirk: a gold ``50\\%`` accepts ``50``, but a gold ``50`` rejects ``50\\%``."""
+def test_percentages_match_either_way_in_dollars():
+    """Parsed in ``$...$`` (the authors' wrapping) ``\\%`` drops away on both sides."""
     assert grade(r"\boxed{50}", r"50\%").correct
-    assert not grade(r"\boxed{50\%}", "50").correct
+    assert grade(r"\boxed{50\%}", "50").correct
+    assert grade(r"\boxed{8\%}", r"8 \%").correct
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "authors", "strict_box"),
+    [
+        (r"\fbox{12}", "12", Grade(False, False, None), Grade(True, True, "12")),
+        (r"\boxed{3} then \boxed 5$.", "5", Grade(True, True, "5"), Grade(False, True, "3")),
+        (r"\boxed{x \le 0}", r"(-\infty, 0]", Grade(True, True, r"x \le 0"), None),
+        (r"\boxed{(-\infty, 0]}", r"x \le 0", None, Grade(True, True, r"(-\infty, 0]")),
+        (r"\boxed{84, 69}", "69, 84", Grade(True, True, "84, 69"), Grade(True, True, "84, 69")),
+        (r"\boxedx{2}", "2", Grade(False, False, None), Grade(False, False, None)),
+        (r"\boxed{2} \boxedx{3}", "2", Grade(False, False, None), Grade(True, True, "2")),
+    ],
+)
+def test_authors_and_strict_box_parsing(completion, gold, authors, strict_box):
+    """Each choice of the two presets, hand-checked (None: that preset grades it wrong)."""
+    for parsing, expected in (("authors", authors), ("strict_box", strict_box)):
+        got = grade(completion, gold, parsing)
+        assert got == expected if expected is not None else not got.correct, parsing
 
 
 def test_multi_part_gold_needs_every_part_in_any_order():
