@@ -1,29 +1,36 @@
-"""Kill-and-resume and preemption through the real CLI (issue 9, items 1, 2 and 6).
+"""Kill-and-resume and preemption through the real CLI (issue 9 items 1, 2, 6; issue 16 item 0).
 
-Each test runs ``train.py`` as a subprocess, SIGKILLs it at an iteration drawn from a seeded
-RNG (printed, so a failure can be replayed), resumes it with ``ckpt_path=last`` in the same run
-dir, preempts the resumed run with a signal (it must save at the iteration boundary and exit
-0), resumes again to the end, and compares the final weights and every per-iteration metric
-row with an uninterrupted run: bitwise on one process, within 1e-6 on two (FSDP2, gloo).
+A 12-iteration run is killed with SIGKILL (its whole process group) at a point of each kind —
+between two iterations, in the middle of an update (after the second optimizer step of an
+iteration) and in the middle of a checkpoint save — then resumed with ``ckpt_path=last`` in the
+same run dir. Every later iteration's batch (a hash of its problems, per rank), every metrics
+row and every ``iter-N.ckpt`` (weights, optimizer state, counters) must equal an uninterrupted
+run's: bitwise on one process, within 1e-6 on two (FSDP2, gloo). The resume points lie in the
+first half of the run: a sampler that restarted at the resume point after as many batches as
+the resumed run had done (the replay of issue 16) shows from ``2k + 1`` on. One run is also
+preempted by a signal after its resume (it must save at the boundary and exit 0).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-ITERATIONS = 5
+ITERATIONS = 12
 TINY = [
     f"iterations={ITERATIONS}",
     "data.batch_size=4",
@@ -32,27 +39,69 @@ TINY = [
     "rollout.prompts_per_generate=2",
     "rollout.reward_workers=0",  # grade inline: no pool start per launch (pool: tests/rewards)
     "update.micro_batch_size=8",
-    "val.every=2",
+    "val.every=0",  # validation at the start and the end only
     "val.limit=4",
     "val.n=2",
     "checkpoint.every=1",
-    "checkpoint.keep_last=2",
+    f"checkpoint.keep_last={ITERATIONS}",  # every iter-N.ckpt is compared
     "model.warmup.steps=100",  # a base that answers some problems (built once, ~10 s)
     "wandb.mode=disabled",
 ]
 TWO_PROC = ["trainer.strategy=fsdp", "trainer.devices=2"]
 TIMING = ("perf/", "train/wall_clock_s", "sfpo/reposition_s")  # the only columns allowed to differ
+PROBE = "tests.test_reliability_resume.ResumeProbe"
+
+
+class ResumeProbe(L.Callback):
+    """Test probe, added with ``+callbacks.probe``: appends ``start <iteration>`` at each launch
+    and ``batch <iteration> <hash of its problems>`` before each iteration to
+    ``batches.rank<r>.txt`` in ``dirpath``; ``kill=<point>:<k>`` SIGKILLs the process group
+    (all ranks) at the start of iteration k+1 (``between``) or after iteration k+1's second
+    optimizer step (``update``, the middle of its fast trajectory)."""
+
+    def __init__(self, dirpath: str, kill: str | None = None) -> None:
+        self.dirpath = Path(dirpath)
+        self.point, k = kill.split(":") if kill else (None, "-1")
+        self.kill_at, self.steps = int(k) + 1, 0
+
+    def _write(self, trainer: L.Trainer, line: str) -> None:
+        with open(self.dirpath / f"batches.rank{trainer.global_rank}.txt", "a") as fh:
+            fh.write(line + "\n")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._write(trainer, f"start {pl_module.iteration}")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch, batch_idx) -> None:
+        it = pl_module.iteration + 1
+        digest = hashlib.sha256("\x1f".join(batch["problems"]).encode()).hexdigest()[:16]
+        self._write(trainer, f"batch {it} {digest}")
+        self.steps = 0
+        if self.point == "between" and it == self.kill_at:
+            self._kill()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer) -> None:
+        self.steps += 1
+        if self.point == "update" and pl_module.iteration + 1 == self.kill_at and self.steps == 2:
+            self._kill()
+
+    @staticmethod
+    def _kill() -> None:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _env(cache: Path) -> dict[str, str]:
     return dict(os.environ, SFPO_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
 
 
-def launch(run_dir: Path, overrides: list[str], cache: Path) -> subprocess.Popen:
+def launch(
+    run_dir: Path, overrides: list[str], cache: Path, kill: str | None = None
+) -> subprocess.Popen:
     """``train.py`` in its own session (so a 2-rank run is killed as one process group)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *TINY, *overrides]
+    probe = [f"+callbacks.probe._target_={PROBE}", f"+callbacks.probe.dirpath={run_dir}"]
+    probe += [f"+callbacks.probe.kill={kill}"] if kill else []
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *TINY, *probe, *overrides]
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=_env(cache), stdout=fh, stderr=subprocess.STDOUT,
@@ -99,25 +148,80 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
 
 
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def ckpt_iteration(path: Path) -> int:
-    return int(
-        torch.load(path, map_location="cpu", weights_only=False)["sfpo_counters"]["iteration"]
-    )
+    return int(load(path)["sfpo_counters"]["iteration"])
 
 
-def policy(path: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    return {k: v for k, v in sd.items() if k.startswith("policy.")}
+def launches(run_dir: Path, rank: int = 0) -> list[tuple[int, list[tuple[int, str]]]]:
+    """Per launch: (the iteration it started at, [(iteration, batch hash) it began])."""
+    out: list[tuple[int, list[tuple[int, str]]]] = []
+    for line in (run_dir / f"batches.rank{rank}.txt").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["start"]:
+            out.append((int(parts[1]), []))
+        elif parts[:1] == ["batch"] and len(parts) == 3:  # a line cut by the kill is skipped
+            out[-1][1].append((int(parts[1]), parts[2]))
+    return out
 
 
-def assert_same_run(ref: Path, got: Path, atol: float) -> None:
-    """Final weights and every metric row (timings aside) equal: bitwise when ``atol`` is 0."""
-    w_ref, w_got = policy(ref / "last.ckpt"), policy(got / "last.ckpt")
-    assert w_ref.keys() == w_got.keys()
-    worst = max(float((w_ref[k] - w_got[k]).abs().max()) for k in w_ref)
-    assert worst <= atol, f"weights differ by {worst}"
-    if atol == 0:
-        assert all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)
+def assert_same_batches(ref: Path, got: Path, ranks: int) -> None:
+    """Each launch of ``got`` trained the reference's batches from where it started, in order
+    and once each; the last launch reached the end."""
+    for rank in range(ranks):
+        ((start, reference),) = launches(ref, rank)
+        assert start == 0 and [it for it, _ in reference] == list(range(1, ITERATIONS + 1))
+        want = dict(reference)
+        runs = launches(got, rank)
+        for start, batches in runs:
+            assert [it for it, _ in batches] == list(range(start + 1, start + 1 + len(batches)))
+            for it, digest in batches:
+                assert digest == want[it], f"rank {rank}: iteration {it} trained another batch"
+        assert runs[-1][1][-1][0] == ITERATIONS
+
+
+def _tensors(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Policy weights and optimizer moments of a checkpoint, by name."""
+    out = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+    for opt, state in enumerate(ckpt["optimizer_states"]):
+        for pid, moments in state["state"].items():
+            out |= {f"opt{opt}.{pid}.{m}": torch.as_tensor(v) for m, v in moments.items()}
+    return out
+
+
+def assert_same_checkpoint(a: Path, b: Path, atol: float) -> None:
+    ca, cb = load(a), load(b)
+    ta, tb = _tensors(ca), _tensors(cb)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if atol == 0:
+            assert torch.equal(ta[k], tb[k]), (b.name, k)
+        else:
+            assert torch.allclose(ta[k], tb[k], rtol=0, atol=atol), (b.name, k)
+    timing = ("wall_clock_s",)
+    counters = [{k: v for k, v in c["sfpo_counters"].items() if k not in timing} for c in (ca, cb)]
+    assert counters[0] == counters[1], b.name
+    assert ca["RLDataModule"] == cb["RLDataModule"]
+    if atol == 0:  # the entropy window holds floats
+        assert ca["sfpo_engine"] == cb["sfpo_engine"], b.name
+
+
+def assert_same_run(ref: Path, got: Path, atol: float, ranks: int = 1) -> None:
+    """Batches, every metric row (timings aside) and every checkpoint (``best.ckpt`` too) equal:
+    bitwise when ``atol`` is 0."""
+    assert_same_batches(ref, got, ranks)
+    names = sorted(p.name for p in ref.glob("iter-*.ckpt"))
+    assert names == [f"iter-{i:06d}.ckpt" for i in range(1, ITERATIONS + 1)]
+    assert sorted(p.name for p in got.glob("iter-*.ckpt")) == names
+    for name in names:
+        assert_same_checkpoint(ref / name, got / name, atol)
+    assert os.path.samefile(got / "last.ckpt", got / names[-1])
+    assert_same_checkpoint(ref / "best.ckpt", got / "best.ckpt", atol)
+    best = [load(d / "best.ckpt")["callbacks"]["IterationCheckpoint"] for d in (ref, got)]
+    assert best[0] == best[1]
     rows_ref, rows_got = metric_rows(ref), metric_rows(got)
     assert [r["step"] for r in rows_got] == [r["step"] for r in rows_ref]
     for a, b in zip(rows_ref, rows_got, strict=True):
@@ -130,13 +234,7 @@ def assert_same_run(ref: Path, got: Path, atol: float) -> None:
                 assert (math.isnan(x) and math.isnan(y)) or math.isclose(
                     x, y, rel_tol=atol, abs_tol=atol
                 ), (a["step"], key, x, y)
-    assert ckpt_iteration(got / "last.ckpt") == ITERATIONS
-
-
-def seed(default: int) -> int:
-    """``RELIAB_SEED`` replays or varies the draw; the defaults cover both kill modes and both
-    signals (7: kill mid-save, SIGTERM; 0: kill mid-iteration, SIGUSR1 to rank 0 only)."""
-    return int(os.environ.get("RELIAB_SEED", default))
+    assert not list(got.glob(".*.tmp")), "temporaries of a killed save are cleaned up"
 
 
 @pytest.fixture(scope="module")
@@ -145,60 +243,94 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "reliability_toy_base"
 
 
-def kill_resume_preempt(tmp: Path, cache: Path, extra: list[str], seed: int) -> Path:
-    """SIGKILL at a random point, resume, preempt with a signal, resume to the end."""
-    rng = random.Random(seed)
-    k = rng.randint(1, ITERATIONS - 3)  # kill while iteration k+1 runs, or while k is saved
-    mode = rng.choice(["mid-save", "mid-iteration"])
-    j = rng.randint(k + 1, ITERATIONS - 1)  # preempt after the row of iteration j appears
-    sig = rng.choice([signal.SIGTERM, signal.SIGUSR1])
-    print(f"[reliability] seed={seed}: SIGKILL {mode} at k={k}, then {sig.name} at j={j}")
-    run = tmp / "interrupted"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache) -> Callable[[str], Path]:
+    """Uninterrupted runs, one per world size, made on first use and shared by the kill points."""
+    made: dict[str, Path] = {}
 
-    proc = launch(run, extra, cache)
-    saving = run / f".iter-{k:06d}.ckpt.tmp"
-    if mode == "mid-save":
+    def get(world: str) -> Path:
+        if world not in made:
+            made[world] = tmp_path_factory.mktemp(f"reference_{world}") / "run"
+            finish(launch(made[world], TWO_PROC if world == "fsdp" else [], cache))
+        return made[world]
+
+    return get
+
+
+def kill_and_resume(
+    run: Path, cache: Path, extra: list[str], point: str, k: int
+) -> subprocess.Popen:
+    """Start, SIGKILL the process group at ``point`` of iteration k+1 (or while iter-k.ckpt is
+    saved), check the newest checkpoint is whole, and resume in the same dir."""
+    if point == "save":
+        proc = launch(run, extra, cache)
+        saving = run / f".iter-{k:06d}.ckpt.tmp"
         wait_until(proc, lambda: saving.exists() or (run / f"iter-{k:06d}.ckpt").exists())
+        os.killpg(proc.pid, signal.SIGKILL)
+        expect_done = (k - 1, k)
     else:
-        wait_until(proc, lambda: k in logged_iterations(run))
-        time.sleep(rng.uniform(0.0, 0.2))
-    os.killpg(proc.pid, signal.SIGKILL)
+        proc = launch(run, extra, cache, kill=f"{point}:{k}")
+        expect_done = (k,)
     finish(proc, expect=-signal.SIGKILL)
-    print(f"[reliability] killed; temporary file present: {saving.exists()}")
-    # never corrupt: it loads and is a whole iteration (absent only if killed in the first save)
-    last = run / "last.ckpt"
-    done = ckpt_iteration(last) if last.exists() else 0
-    assert k - 1 <= done <= k + 1 and (done > 0 or k == 1)
+    assert ckpt_iteration(run / "last.ckpt") in expect_done  # never corrupt: a whole iteration
+    assert max(logged_iterations(run)) <= k + (point == "save")
+    return launch(run, [*extra, "ckpt_path=last"], cache)
 
-    proc = launch(run, [*extra, "ckpt_path=last"], cache)
-    wait_until(proc, lambda: j in logged_iterations(run))
-    os.kill(proc.pid, sig)  # rank 0 only: the ranks must decide to stop together
-    finish(proc, expect=0)  # a preempted run exits 0 (requeue-friendly)
-    stopped = ckpt_iteration(run / "last.ckpt")
-    assert j <= stopped <= ITERATIONS and (run / f"iter-{stopped:06d}.ckpt").is_file()
-    assert max(logged_iterations(run)) == stopped, "no iteration past the preemption checkpoint"
-    print(f"[reliability] preempted at the boundary of iteration {stopped}")
 
-    finish(launch(run, [*extra, "ckpt_path=last"], cache))
-    assert sorted(p.name for p in run.glob("iter-*.ckpt")) == [
-        f"iter-{i:06d}.ckpt" for i in (ITERATIONS - 1, ITERATIONS)
-    ], "keep_last=2"
-    assert not list(run.glob(".*.tmp")), "temporaries of the killed save are cleaned up"
-    return run
+POINTS = [("between", 4), ("update", 3), ("save", 5)]
 
 
 @pytest.mark.slow
-def test_kill_resume_and_preempt_single_process_is_bitwise(tmp_path, cache):
-    ref = tmp_path / "reference"
-    finish(launch(ref, [], cache))
-    got = kill_resume_preempt(tmp_path, cache, [], seed=seed(default=7))
-    assert_same_run(ref, got, atol=0.0)
+@pytest.mark.parametrize(("point", "k"), [POINTS[0], POINTS[2]], ids=["between", "save"])
+def test_kill_and_resume_single_process_is_bitwise(tmp_path, cache, reference, point, k):
+    ref = reference("single")
+    run = tmp_path / "run"
+    finish(kill_and_resume(run, cache, [], point, k))
+    assert_same_run(ref, run, atol=0.0)
+
+
+@pytest.mark.slow
+def test_kill_mid_update_resume_and_preempt_single_process_is_bitwise(tmp_path, cache, reference):
+    """SIGKILL mid-update in iteration 4, resume from 3, SIGUSR1 to the resumed run (rank 0)
+    once iteration 10 is logged (where a replay from the resume point would have begun): it
+    saves at an iteration boundary and exits 0; the requeued run finishes the reference's run."""
+    ref = reference("single")
+    run = tmp_path / "run"
+    proc = kill_and_resume(run, cache, [], *POINTS[1])
+    wait_until(proc, lambda: 10 in logged_iterations(run))
+    os.kill(proc.pid, signal.SIGUSR1)
+    finish(proc, expect=0)  # a preempted run exits 0 (requeue-friendly)
+    stopped = ckpt_iteration(run / "last.ckpt")
+    assert 10 <= stopped < ITERATIONS and (run / f"iter-{stopped:06d}.ckpt").is_file()
+    assert max(logged_iterations(run)) == stopped, "no iteration past the preemption checkpoint"
+    finish(launch(run, ["ckpt_path=last"], cache))
+    assert [start for start, _ in launches(run)] == [0, 3, stopped]
+    assert_same_run(ref, run, atol=0.0)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_kill_resume_and_preempt_two_processes_within_1e6(tmp_path, cache):
-    ref = tmp_path / "reference"
-    finish(launch(ref, TWO_PROC, cache))
-    got = kill_resume_preempt(tmp_path, cache, TWO_PROC, seed=seed(default=0))
-    assert_same_run(ref, got, atol=1e-6)
+@pytest.mark.parametrize(("point", "k"), POINTS, ids=[p for p, _ in POINTS])
+def test_kill_and_resume_fsdp2_two_processes_within_1e6(tmp_path, cache, reference, point, k):
+    ref = reference("fsdp")
+    run = tmp_path / "run"
+    finish(kill_and_resume(run, cache, TWO_PROC, point, k))
+    assert_same_run(ref, run, atol=1e-6, ranks=2)
+
+
+@pytest.mark.slow
+def test_reference_best_ckpt_is_a_validated_model_with_its_own_score(reference):
+    """val.every=0 validates the base (iteration 0) and the final model only: best.ckpt is one
+    of those two, with its own score (never weights of iteration 1 credited with the base's)."""
+    ref = reference("single")
+    best = load(ref / "best.ckpt")
+    state = best["callbacks"]["IterationCheckpoint"]
+    with open(ref / "metrics.csv", newline="") as fh:
+        scored = {int(r["step"]): float(r["val/avg"]) for r in csv.DictReader(fh) if r["val/avg"]}
+    assert sorted(scored) == [0, ITERATIONS]
+    winner = 0 if scored[0] >= scored[ITERATIONS] else ITERATIONS  # a tie keeps the earlier
+    assert state == {"best": scored[winner], "best_iteration": winner}
+    assert best["sfpo_counters"]["iteration"] == winner
+    assert best["callbacks"]["ValidationCallback"]["history"][-1]["val/avg"] == scored[winner]
+    if winner == ITERATIONS:
+        assert_same_checkpoint(ref / f"iter-{ITERATIONS:06d}.ckpt", ref / "best.ckpt", atol=0)

@@ -5,11 +5,20 @@ the run was resumed: the prompt stream is epoch 0's permutation (seeded by ``see
 epoch 1's (``seed + 1``)..., chained without dropping anything, and global batch i is items
 ``[i * B, (i + 1) * B)`` of that stream. Rank r of W takes its contiguous slice of each global
 batch. The Trainer must not replace the sampler (``use_distributed_sampler=False``).
+
+The stream position has one owner, the LightningModule's ``iteration`` counter: each time the
+sampler starts (the first epoch, a resume, a new Lightning epoch) it reads that counter and
+yields the batches from there to the end. Its length is the whole run (``iterations``): that is
+what Lightning takes as an epoch's length, against which it counts a resumed epoch's batches
+from the checkpoint's loop state (= the iterations already done). A sampler fixed at its start
+that reported what was left as its length made Lightning end a resumed epoch after
+``iterations - 2 * start`` batches and re-iterate it from ``start`` (``max_epochs=-1``): a run
+resumed at 4 of 12 trained on the batches of iterations 5-8 again at 9-12.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -38,9 +47,10 @@ class RolloutBatchSampler(Sampler[list[int]]):
     Args:
         n: dataset size.
         batch_size: prompts per global rollout batch (B), divisible by ``world_size``.
-        iterations: total rollout batches of the run.
+        iterations: total rollout batches of the run (also ``len()``: see the module docstring).
         seed: epoch e is ``torch.randperm(n)`` under ``manual_seed(seed + e)``.
-        start: first iteration to yield (resume position).
+        start: first iteration to yield, or a callable read each time iteration starts (the
+            live position: the module's iteration counter).
         rank, world_size: this rank's slice ``[rank * B/W, (rank + 1) * B/W)`` of each batch.
     """
 
@@ -50,14 +60,21 @@ class RolloutBatchSampler(Sampler[list[int]]):
         batch_size: int,
         iterations: int,
         seed: int = 0,
-        start: int = 0,
+        start: int | Callable[[], int] = 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        _check_layout(n, batch_size, iterations, start, rank, world_size)
+        _check_layout(n, batch_size, iterations, rank, world_size)
         self.n, self.batch_size, self.iterations = n, batch_size, iterations
         self.seed, self.start, self.rank, self.world_size = seed, start, rank, world_size
         self._perm_cache: dict[int, list[int]] = {}
+
+    def first(self) -> int:
+        """The iteration the next ``iter()`` starts at (read now, if ``start`` is live)."""
+        first = self.start() if callable(self.start) else self.start
+        if first < 0:
+            raise ValueError(f"the data position must be >= 0, got {first}")
+        return first
 
     def _permutation(self, epoch: int) -> list[int]:
         if epoch not in self._perm_cache:
@@ -83,22 +100,21 @@ class RolloutBatchSampler(Sampler[list[int]]):
         return self.global_indices(iteration)[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for iteration in range(self.start, self.iterations):
-            yield self.local_indices(iteration)
+        first = self.first()  # now, not at the first next(): the position is read at iter()
+        return (self.local_indices(it) for it in range(first, self.iterations))
 
     def __len__(self) -> int:
-        return max(0, self.iterations - self.start)
+        """The whole run, not what is left: Lightning counts a resumed epoch's restored batches
+        against this length (a shorter one ends the resumed epoch early)."""
+        return self.iterations
 
 
-def _check_layout(
-    n: int, batch_size: int, iterations: int, start: int, rank: int, world_size: int
-) -> None:
+def _check_layout(n: int, batch_size: int, iterations: int, rank: int, world_size: int) -> None:
     if n < 1:
         raise ValueError("the training set is empty")
-    if batch_size < 1 or iterations < 0 or start < 0:
+    if batch_size < 1 or iterations < 0:
         raise ValueError(
-            f"need data.batch_size >= 1, iterations >= 0, start >= 0; got {batch_size}, "
-            f"{iterations}, {start}"
+            f"need data.batch_size >= 1 and iterations >= 0; got {batch_size}, {iterations}"
         )
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} is not in a world of size {world_size}")
@@ -134,13 +150,14 @@ class RLDataModule(L.LightningDataModule):
 
     def __init__(self, problems: list[Problem], batch_size: int, iterations: int, seed: int = 0):
         super().__init__()
-        _check_layout(len(problems), batch_size, iterations, 0, 0, 1)
+        _check_layout(len(problems), batch_size, iterations, 0, 1)
         self.problems = list(problems)
         self.batch_size, self.iterations, self.seed = batch_size, iterations, seed
         self.position = 0
 
     def set_position(self, iteration: int) -> None:
-        """Make the next train dataloader start at rollout batch ``iteration``."""
+        """Make the sampler start at rollout batch ``iteration`` (used only while no module
+        with an ``iteration`` counter is attached: that counter owns the position)."""
         if iteration < 0:
             raise ValueError(f"position must be >= 0, got {iteration}")
         self.position = iteration
@@ -160,14 +177,14 @@ class RLDataModule(L.LightningDataModule):
         return iteration if isinstance(iteration, int) else self.position
 
     def sampler(self) -> RolloutBatchSampler:
-        """The batch sampler for this rank, starting at the current position."""
+        """The batch sampler for this rank; each ``iter()`` starts at the current position."""
         rank, world = self._rank_world()
         return RolloutBatchSampler(
             len(self.problems),
             self.batch_size,
             self.iterations,
             self.seed,
-            start=self.position,
+            start=self._current_position,
             rank=rank,
             world_size=world,
         )

@@ -162,3 +162,96 @@ def test_lightning_fit_sees_every_batch_and_checkpoints_the_position(tmp_path: P
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert ckpt["RLDataModule"]["position"] == 5
+
+
+def test_sampler_reads_a_live_start_each_time_it_starts():
+    position = [0]
+    sampler = RolloutBatchSampler(
+        n=10, batch_size=4, iterations=6, seed=2, start=lambda: position[0]
+    )
+    everything = [sampler.local_indices(it) for it in range(6)]
+    it = iter(sampler)
+    position[0] = 3  # read at iter(), not at the first next()
+    assert list(it) == everything
+    assert list(sampler) == everything[3:]
+    position[0] = 6
+    assert list(sampler) == []
+    assert len(sampler) == 6, "the length is the whole run (Lightning's epoch), not what is left"
+    position[0] = -1
+    with pytest.raises(ValueError, match="position must be >= 0, got -1"):
+        iter(sampler)
+
+
+class _Stepper(_Recorder):
+    """A run of ``total`` rollout batches that checkpoints its counter like SFPOModule."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        if self.iteration >= self.total:
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["iteration"] = self.iteration
+
+    def on_load_checkpoint(self, checkpoint):
+        self.iteration = checkpoint["iteration"]
+
+
+class _SaveAt(L.Callback):
+    """Saves ``at-<k>.ckpt`` at the end of rollout batch k (where IterationCheckpoint saves)."""
+
+    def __init__(self, dirpath: Path, at: tuple[int, ...]) -> None:
+        self.dirpath, self.at = dirpath, at
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if pl_module.iteration in self.at:
+            trainer.save_checkpoint(self.dirpath / f"at-{pl_module.iteration}.ckpt")
+
+
+def _fit(tmp_path: Path, total: int, save_at=(), ckpt: Path | None = None) -> list[list[str]]:
+    """The ids of every batch trained by a ``max_epochs=-1`` fit (as runner.build_trainer)."""
+    module = _Stepper(total)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[_SaveAt(tmp_path, save_at)],
+        default_root_dir=tmp_path,
+    )
+    dm = RLDataModule(PROBLEMS, batch_size=4, iterations=total, seed=3)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+    assert module.iteration == total
+    return module.seen
+
+
+def test_lightning_resume_trains_every_later_batch_exactly_once(tmp_path: Path):
+    """Resumed at k of 12, the run trains batches k+1..12 once each, in order. (It replayed
+    k+1..2k when the sampler started at a fixed k and reported 12 - k batches: Lightning ends
+    the resumed epoch when its restored batch count reaches the length, then starts a new one
+    on the same sampler.)"""
+    at = (1, 3, 4, 5, 6, 8, 11)
+    full = _fit(tmp_path, 12, save_at=at)
+    for k in at:
+        assert _fit(tmp_path / str(k), 12, ckpt=tmp_path / f"at-{k}.ckpt") == full[k:], k
+
+
+def test_lightning_resume_twice_and_extended(tmp_path: Path):
+    """A resumed run resumed again, then extended past its planned end (``iterations`` may
+    change on resume): the stream is the one of an uninterrupted 16-batch run."""
+    full = _fit(tmp_path, 16)
+    first = _fit(tmp_path / "a", 12, save_at=(3,))[:3]
+    second = _fit(tmp_path / "b", 12, save_at=(9, 12), ckpt=tmp_path / "a" / "at-3.ckpt")
+    assert first + second == full[:12]
+    extended = _fit(tmp_path / "c", 16, ckpt=tmp_path / "b" / "at-12.ckpt")
+    assert extended == full[12:]
+    resumed_again = _fit(tmp_path / "d", 12, ckpt=tmp_path / "b" / "at-9.ckpt")
+    assert first + second[:6] + resumed_again == full[:12]
