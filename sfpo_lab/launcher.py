@@ -36,6 +36,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,13 @@ def read_return_value(job_dir: Path) -> Any:
         return None
 
 
+def wrote_summary_since(job_dir: Path, start: float) -> bool:
+    """Whether the job wrote its ``summary.json`` during this launch (a file left by an
+    earlier launch is neither deleted nor taken for this one's result)."""
+    path = job_dir / SUMMARY_FILE
+    return path.is_file() and path.stat().st_mtime >= start
+
+
 class TorchrunLauncherBase(Launcher):
     """Runs each job as a subprocess (torchrun when it needs several devices).
 
@@ -213,11 +221,16 @@ class TorchrunLauncherBase(Launcher):
             python=self.python,
         )
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{self._nproc} process(es)]")
-        (job_dir / SUMMARY_FILE).unlink(missing_ok=True)  # a result from an earlier launch
+        start = time.time() - 1.0  # file systems with coarse mtimes: one second of slack
         rc = self._wait(subprocess.Popen(cmd, env=self._env(), start_new_session=True))
         if self.preempted is not None:
             log.info(f"#{idx} stopped by {signal.Signals(self.preempted).name} (exit code {rc})")
             return None  # neither a result nor a failure: the sweep is resumed later
+        if rc == 0 and not wrote_summary_since(job_dir, start):
+            # a job stopped by a signal sent to it alone checkpoints and exits 0 without a
+            # result: not completed, resumed with the sweep (ckpt_path=last)
+            log.info(f"#{idx} exited 0 without writing {SUMMARY_FILE}: stopped, not completed")
+            return None
         ret = JobReturn(
             overrides=overrides,
             cfg=cfg,

@@ -24,6 +24,7 @@ from sfpo_lab.launcher import (
     job_command,
     job_processes,
     read_return_value,
+    wrote_summary_since,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,20 @@ def test_return_value_is_read_from_the_job_summary(tmp_path):
     assert read_return_value(tmp_path) == 0.25
     (tmp_path / "summary.json").write_text("{truncated")
     assert read_return_value(tmp_path) is None
+
+
+def test_a_summary_counts_only_when_this_launch_wrote_it(tmp_path):
+    """A job that exits 0 without a summary (stopped by a signal sent to it alone) is not
+    completed, and an earlier launch's summary is neither deleted nor taken for this one's."""
+    start = time.time() - 1.0
+    assert not wrote_summary_since(tmp_path, start)  # exited 0, wrote nothing
+    old = tmp_path / "summary.json"
+    old.write_text(json.dumps({"return_value": 50.0}))
+    os.utime(old, (start - 100, start - 100))  # left by an earlier launch
+    assert not wrote_summary_since(tmp_path, start)
+    assert read_return_value(tmp_path) == 50.0  # still there, untouched
+    old.write_text(json.dumps({"return_value": 25.0}))  # this launch's result
+    assert wrote_summary_since(tmp_path, start)
 
 
 def test_torchrun_launcher_is_the_default_and_slurm_composes():
