@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import asdict
 from typing import Any
@@ -24,6 +25,65 @@ from sfpo_lab.rollout.hf import HFEngine
 from sfpo_lab.rollout.sync import push_full_weights
 from sfpo_lab.runtime import nonfinite_params, peak_memory_gb, rng_state, set_rng_state
 from sfpo_lab.stages import ExperienceMaker, UpdatePass
+
+
+def sfpo_iteration(
+    sfpo: SFPO, update_pass: Callable[[], dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], list[dict[str, float]]]:
+    """One SFPO iteration (Alg. 1) on a fixed rollout batch.
+
+    Returns:
+        ``(fast, slow, end, passes)``: Stage I and Stage III pass metrics (means over their
+        passes), the engine's ``end()`` stats, and every update pass's metrics in order.
+    """
+    passes: list[dict[str, float]] = []
+
+    def update() -> dict[str, float]:
+        passes.append(update_pass())
+        return passes[-1]
+
+    sfpo.begin()  # snapshot theta0 (one copy of the local shards) iff alpha > 0
+    # Stage I — fast trajectory: K full update passes on the same rollout batch
+    fast = sfpo.fast(update)
+    # Stage II — reposition: theta <- theta0 + alpha (theta_K - theta0), in place
+    sfpo.reposition()
+    # Stage III — slow correction: one more pass at the repositioned point (plain GRPO when
+    # alpha = 0: this is the only update)
+    slow = sfpo.slow(update)
+    # end(): theta0 comes back if the iteration left a NaN/inf in the weights
+    return fast, slow, sfpo.end(), passes
+
+
+def select_entropy(
+    source: str, rollout_metrics: dict[str, float], passes: list[dict[str, float]]
+) -> float:
+    """H_s for the entropy trigger (Alg. 1) of one iteration.
+
+    Args:
+        source: ``"update"`` (authors' code: ``actor/entropy_loss`` of the iteration's last
+            update pass, i.e. the slow step's training forward, mean over its micro-batches;
+            without slow correction the K-th fast pass, after the trigger the GRPO pass) or
+            ``"rollout"`` (the no-grad pass at theta0 over the rollout batch).
+        rollout_metrics: the experience metrics; ``"train/entropy"`` is the rollout-pass H_s.
+        passes: the metrics of every update pass of the iteration, in order; each holds
+            ``"entropy"`` (masked token-mean over the pass, averaged over ranks).
+
+    Returns:
+        H_s; NaN (ignored by the trigger) when ``source="update"`` and no pass ran (K = 0
+        without slow correction updates nothing).
+    """
+    if source == "rollout":
+        return float(rollout_metrics["train/entropy"])
+    if source != "update":
+        raise ValueError(f"sfpo.entropy_control.source={source!r}: use 'update' or 'rollout'")
+    if not passes:
+        return math.nan
+    if "entropy" not in passes[-1]:
+        raise RuntimeError(
+            "sfpo.entropy_control.source='update' needs the update pass's token entropy, but "
+            "UpdatePass returned none; use sfpo.entropy_control.source=rollout"
+        )
+    return float(passes[-1]["entropy"])
 
 
 class SFPOModule(L.LightningModule):
@@ -73,22 +133,43 @@ class SFPOModule(L.LightningModule):
         # (never a per-token all-gather); otherwise with the policy itself. vLLM always holds
         # its own copy, started from the same weights, refreshed the same way.
         vllm = run.rollout.engine == "vllm"
-        own_copy = sharded and not vllm
-        gen_model = deepcopy(self.policy).eval().requires_grad_(False) if own_copy else self.policy
+        gen_copy = self._generation_copy() if sharded and not vllm else None
         if sharded:
-            from sfpo_lab.parallel import shard_fsdp2
+            from sfpo_lab.parallel import mixed_precision_policy, shard_fsdp2
 
-            shard_fsdp2(self.policy, self.device_mesh)
+            shard_fsdp2(self.policy, self.device_mesh, mixed_precision_policy(run))
         tok = self.tokenizer
         if vllm:
             self.engine = self._vllm_engine()
+        elif gen_copy is None:
+            self.engine = HFEngine(self.policy, tok.pad_token_id, tok.eos_token_id)
         else:
             self.engine = HFEngine(
-                gen_model, tok.pad_token_id, tok.eos_token_id, owns_model=own_copy
+                gen_copy,
+                tok.pad_token_id,
+                tok.eos_token_id,
+                owns_model=True,
+                device=self.trainer.strategy.root_device,
             )
+
+    def _generation_copy(self) -> torch.nn.Module:
+        """The HF engine's own full copy (FSDP2), taken before sharding while the policy is
+        still on the host: Lightning never moves it (the engine is no ``nn.Module``), so it is
+        put on the training device here, its parameters in the compute dtype (the weight push
+        casts to it too). Buffers keep their dtype (RoPE frequencies stay fp32, as in the
+        sharded policy, whose FSDP2 policy casts parameters only)."""
+        from sfpo_lab.parallel import compute_dtype
+
+        copy = deepcopy(self.policy).eval().requires_grad_(False)
+        dtype = compute_dtype(self.run_cfg)
+        with torch.no_grad():
+            for p in copy.parameters():  # tied weights are one Parameter: cast once, stay tied
+                p.data = p.data.to(device=self.trainer.strategy.root_device, dtype=dtype)
+        return copy.to(self.trainer.strategy.root_device)
 
     def _vllm_engine(self) -> Any:
         """One colocated vLLM engine per rank (``rollout.vllm``), on the policy's base weights."""
+        from sfpo_lab.parallel import compute_dtype
         from sfpo_lab.rollout.vllm import VLLMEngine
 
         run, v, tok = self.run_cfg, self.run_cfg.rollout.vllm, self.tokenizer
@@ -98,7 +179,7 @@ class SFPOModule(L.LightningModule):
             tok.pad_token_id,
             tok.eos_token_id,
             max_model_len=v.max_model_len or run.data.max_prompt_len + longest,
-            dtype=v.dtype or run.model.dtype,
+            dtype=v.dtype or str(compute_dtype(run)).removeprefix("torch."),
             seed=derive_seed(run.seed, self.global_rank),
             device=self.trainer.strategy.root_device,
             gpu_memory_utilization=v.gpu_memory_utilization,
@@ -166,21 +247,13 @@ class SFPOModule(L.LightningModule):
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
         t_start = time.perf_counter()
         exp, metrics = self.maker(batch)  # rollouts, rewards, advantages, log-probs at theta0
-        h_s = metrics["train/entropy"]
         t_update = time.perf_counter()
-        self.sfpo.begin()  # snapshot theta0 (one copy of the local shards) iff alpha > 0
-
-        # Stage I — fast trajectory: K full update passes on the same rollout batch
-        fast = self.sfpo.fast(lambda: self.updater(exp))
-        # Stage II — reposition: theta <- theta0 + alpha (theta_K - theta0), in place
-        self.sfpo.reposition()
-        # Stage III — slow correction: one more pass at the repositioned point (plain GRPO
-        # when alpha = 0: this is the only update)
-        slow = self.sfpo.slow(lambda: self.updater(exp))
-
-        # end(): theta0 comes back if the iteration left a NaN/inf in the weights
-        metrics.update(self._stage_metrics(fast, slow, self.sfpo.end()))
+        fast, slow, engine, passes = sfpo_iteration(self.sfpo, lambda: self.updater(exp))
+        metrics.update(self._stage_metrics(fast, slow, engine))
         metrics["perf/update_s"] = time.perf_counter() - t_update
+        # entropy trigger: H_s of iteration s decides whether s + 1 still runs SFPO (Alg. 1)
+        h_s = select_entropy(self.run_cfg.sfpo.entropy_control.source, metrics, passes)
+        metrics["train/entropy_update"] = passes[-1].get("entropy") if passes else None
         metrics.update(self._sfpo_metrics(self.sfpo.observe_entropy(h_s)))
         self.lr_schedulers().step()
         self._finish_iteration(metrics, t_start, len(exp))

@@ -19,11 +19,17 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from sfpo_lab.checkpointing import IterationCheckpoint
 from sfpo_lab.config import ConfigError, RunConfig
 from sfpo_lab.data.datamodule import RLDataModule
+from sfpo_lab.data.prompts import (
+    check_val_prompts,
+    context_error,
+    filter_long_prompts,
+    model_context,
+)
 from sfpo_lab.data.records import Problem
 from sfpo_lab.data.sources import load_problems
 from sfpo_lab.eval.callback import ValidationCallback
 from sfpo_lab.module import SFPOModule
-from sfpo_lab.parallel import build_strategy
+from sfpo_lab.parallel import build_strategy, check_precision, lightning_precision
 from sfpo_lab.preemption import PreemptionCallback
 from sfpo_lab.rollout.base import SamplingParams
 
@@ -41,15 +47,52 @@ def _looks_local(name: str) -> bool:
 
 def preflight(run: RunConfig) -> None:
     """Fail fast, naming the setting, on anything wrong that needs no model to see."""
+    check_precision(run)
+    if run.model.chat_template and _is_toy_model(run):
+        raise ConfigError(
+            "invalid config: model.chat_template=true, but the toy model's character "
+            "tokenizer has no chat template; use model.chat_template=false"
+        )
     if run.data.kind == "files":
         for f in run.data.train_files:
             if _looks_local(f) and not Path(f).exists():
                 raise ConfigError(f"data.train_files: file not found: {f}")
     _check_model_source("model.name_or_path", run.model.name_or_path)
     _check_model_source("model.tokenizer", run.model.tokenizer)
+    if run.model.gguf is None:  # a GGUF model's config exists once materialised (train())
+        check_context(run, run.model.name_or_path)
     if run.rollout.engine == "vllm":
         _check_vllm_importable()
     _check_output_and_resume(run)
+
+
+def _is_toy_model(run: RunConfig) -> bool:
+    return run.model.name_or_path is None and run.model.gguf is None
+
+
+def check_context(run: RunConfig, source: str | None) -> None:
+    """Prompt + response fit the model's context (``max_position_embeddings``), read from
+    ``model.tiny`` or from the model's config (local files only). Skipped, with an info line,
+    only when the config cannot be read here (a hub id not cached while offline)."""
+    if _is_toy_model(run):
+        context, where = run.model.tiny.max_position_embeddings, "model.tiny"
+    else:
+        context, where = model_context(source), source
+    if context is None:
+        rank_zero_info(
+            f"[preflight] {source}: no config in the local files (not downloaded yet, or "
+            "offline); prompt + response vs the model's context is not checked"
+        )
+        return
+    response = max(run.rollout.max_new_tokens, run.val.max_new_tokens or 0)
+    key = (
+        "rollout.max_new_tokens" if response == run.rollout.max_new_tokens else "val.max_new_tokens"
+    )
+    msg = context_error(
+        run.data.max_prompt_len, response, context, "data.max_prompt_len", key, where
+    )
+    if msg is not None:
+        raise ConfigError(f"invalid config: {msg}")
 
 
 def _check_model_source(key: str, name: str | None) -> None:
@@ -189,6 +232,14 @@ def prepare_model(run: RunConfig) -> tuple[str, Any]:
     tok = AutoTokenizer.from_pretrained(run.model.tokenizer or path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if run.model.chat_template and not getattr(tok, "chat_template", None):
+        raise ConfigError(
+            f"invalid config: model.chat_template=true, but the tokenizer of "
+            f"{run.model.tokenizer or path!r} defines no chat template; use "
+            "model.chat_template=false or a tokenizer with one (model.tokenizer)"
+        )
+    if run.model.gguf is not None:
+        check_context(run, path)
     return path, tok
 
 
@@ -233,7 +284,7 @@ def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(run),
-        precision=t.precision,
+        precision=lightning_precision(run),  # model.dtype = master weights (parallel.py)
         # Stopping counts rollout batches (the module sets should_stop at `iterations`), not
         # Lightning epochs or optimizer steps, so a resumed or extended run continues
         max_epochs=-1,
@@ -260,14 +311,14 @@ def train(
     preflight(run)
     L.seed_everything(run.seed, workers=True, verbose=False)
     # data before the model: a bad file fails in seconds, not after a model load or warm-up
-    datamodule = RLDataModule(
-        train_problems(run),
-        batch_size=run.data.batch_size,
-        iterations=run.iterations,
-        seed=run.seed,
-    )
+    problems = train_problems(run)
     benchmarks = val_sets(run)
-    model_path, tokenizer = prepare_model(run)
+    model_path, tokenizer = prepare_model(run)  # the tokenizer; weights load in the module
+    problems, n_dropped = filter_long_prompts(run, problems, tokenizer, log=rank_zero_info)
+    check_val_prompts(run, benchmarks, tokenizer)
+    datamodule = RLDataModule(
+        problems, batch_size=run.data.batch_size, iterations=run.iterations, seed=run.seed
+    )
     v = run.val
     val_cb = ValidationCallback(
         benchmarks,
@@ -296,7 +347,7 @@ def train(
         _truncate_logs_after(trainer, -1)
     # our own checkpoints hold RNG states and counters (not only tensors): trusted input
     trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=False)
-    return summarize(module, val_cb)
+    return {**summarize(module, val_cb), "prompts_filtered": n_dropped}
 
 
 def _checkpoint_iteration(ckpt_path: str) -> int:

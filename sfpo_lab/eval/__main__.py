@@ -114,28 +114,66 @@ def load_problem_sets(cfg: DictConfig) -> dict[str, list[Problem]]:
     return sets
 
 
-def load_model(cfg: DictConfig) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, model_source)`` on the configured device, ckpt weights applied."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from sfpo_lab.eval.evaluate import load_policy_weights
-    from sfpo_lab.models import build_causal_lm
-
+def model_source(cfg: DictConfig) -> str:
+    """The model dir or hub id ``model=`` means (``toy``: the cached toy base, built if missing)."""
     source = str(cfg.model)
     if source == TOY:
         from sfpo_lab.warmup import toy_base_model
 
         source = str(toy_base_model(_toy_run(cfg)))
+    return source
+
+
+def load_tokenizer(cfg: DictConfig, source: str) -> Any:
+    """The tokenizer (``tokenizer=`` or the model's); ``chat=true`` needs a chat template."""
+    from transformers import AutoTokenizer
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE or Path(source).is_dir()
+    name = cfg.tokenizer or source
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+    if bool(cfg.chat) and not getattr(tokenizer, "chat_template", None):
+        raise EvalConfigError(
+            f"chat=true, but the tokenizer of {name!r} defines no chat template; use chat=false"
+        )
+    return tokenizer
+
+
+def check_context(
+    cfg: DictConfig, source: str, tokenizer: Any, sets: dict[str, list[Problem]], template: str
+) -> None:
+    """The longest prompt + ``max_new_tokens`` fit the model's context, before the model loads
+    (the config alone is read; skipped with a note when it cannot be read offline)."""
+    from sfpo_lab.data.prompts import context_error, model_context, prompt_lengths, too_long
+
+    context = model_context(source)
+    if context is None:
+        print(f"note: {source}: no readable config; prompt + response vs context not checked")
+        return
+    lengths = {n: prompt_lengths(ps, tokenizer, template, bool(cfg.chat)) for n, ps in sets.items()}
+    everything = too_long(sets, lengths, 0)  # all prompts, longest first
+    if not everything:
+        return
+    name, pid, n = everything[0]
+    msg = context_error(
+        n, int(cfg.max_new_tokens), context, f"prompt {pid!r} of {name!r}", "max_new_tokens", source
+    )
+    if msg is not None:
+        raise EvalConfigError(f"max_new_tokens: {msg}")
+
+
+def load_model(cfg: DictConfig, source: str) -> Any:
+    """The model on the configured device, ckpt weights applied."""
+    import torch
+
+    from sfpo_lab.eval.evaluate import load_policy_weights
+    from sfpo_lab.models import build_causal_lm
+
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device == "cuda" else "float32"
     model = build_causal_lm(source, dtype=dtype)
     if cfg.ckpt is not None:
         load_policy_weights(model, str(cfg.ckpt))
-    model.to(device).eval()
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE or Path(source).is_dir()
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or source, local_files_only=offline)
-    return model, tokenizer, source
+    return model.to(device).eval()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -154,7 +192,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from sfpo_lab.eval.evaluate import evaluate, write_outputs
     from sfpo_lab.rewards.pool import MathVerifier
 
-    model, tokenizer, source = load_model(cfg)
+    source = model_source(cfg)
+    tokenizer = load_tokenizer(cfg, source)
+    check_context(cfg, source, tokenizer, problem_sets, template)  # before the weights load
+    model = load_model(cfg, source)
     with MathVerifier(int(cfg.reward_workers), float(cfg.reward_timeout_s)) as verifier:
         summary, records = evaluate(
             model, tokenizer, problem_sets, params,

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from sfpo_lab.data.prompts import encode_prompts
 from sfpo_lab.data.records import Problem
-from sfpo_lab.data.templates import render_prompt
 from sfpo_lab.eval.metrics import summarize
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rollout.base import SamplingParams, derive_seed
@@ -109,9 +109,8 @@ def _evaluate_chunk(
 ) -> list[dict[str, Any]]:
     """Generate, decode and grade n samples for each problem of one prompt batch."""
     n = params.n
-    texts = [render_prompt(p.problem, template, tokenizer, chat) for p in problems]
-    # Chat templates already hold the special tokens; plain prompts get none (as in training).
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # encoded as in training: chat templates hold their special tokens, plain prompts get none
+    prompt_ids = encode_prompts([p.problem for p in problems], tokenizer, template, chat)
     batch = engine.generate(prompt_ids, params, seed=seed)
     samples = batch.decode_responses(tokenizer)
     grades = verifier.grade_many(samples, [p.answer for p in problems for _ in range(n)])

@@ -16,7 +16,14 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from sfpo_lab.config import RunConfig
-from sfpo_lab.eval.__main__ import CONFIG, EvalConfigError, check_settings
+from sfpo_lab.data.records import Problem
+from sfpo_lab.eval.__main__ import (
+    CONFIG,
+    EvalConfigError,
+    check_context,
+    check_settings,
+    load_tokenizer,
+)
 from sfpo_lab.eval.benchmarks import PAPER_BENCHMARKS, load_benchmark
 from sfpo_lab.eval.evaluate import evaluate, load_policy_weights, pass_ks, write_outputs
 from sfpo_lab.eval.metrics import avg_at_k, bootstrap_ci, maj_at_k, mean_pass_at_k
@@ -161,7 +168,7 @@ def test_bad_settings_fail_naming_the_setting(overrides, setting):
 
 @pytest.mark.slow
 def test_cli_subprocess_with_field_mapped_file(toy_dir, cache_dir, benchmarks_dir, tmp_path):
-    """``python -m sfpo_lab.eval`` on the cached toy base: a registered benchmark plus a file in
+    """``python -m sfpo_lab.eval`` on the cached toy base: the toy benchmark plus a file in
     another layout (question / solution with a boxed answer) by field mapping alone."""
     held = tmp_path / "held.jsonl"
     rows = [{"q": f"{a}+{a}", "sol": f"so \\boxed{{{2 * a}}}", "uid": f"h{a}"} for a in range(4)]
@@ -172,7 +179,7 @@ def test_cli_subprocess_with_field_mapped_file(toy_dir, cache_dir, benchmarks_di
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # fmt: skip
     cmd = [
         sys.executable, "-m", "sfpo_lab.eval", "model=toy", f"toy_warmup_steps={WARMUP_STEPS}",
-        "benchmarks=[aime24]", f"file={held}", "problem_field=q", "answer_field=sol",
+        "benchmarks=[toy]", f"file={held}", "problem_field=q", "answer_field=sol",
         "answer_extraction=last_boxed", "id_field=uid", "name=held", "n=2", "limit=3",
         "max_new_tokens=6", "reward_workers=1", f"out={out}",
     ]  # fmt: skip
@@ -180,7 +187,34 @@ def test_cli_subprocess_with_field_mapped_file(toy_dir, cache_dir, benchmarks_di
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warm-up" not in proc.stdout  # reused the cached base
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["benchmarks"]) == {"aime24", "held"}
+    assert set(summary["benchmarks"]) == {"toy", "held"}
     assert summary["settings"]["template"] == "toy"
     held_rows = _read_records(out / "held.records.jsonl")
     assert [(r["id"], r["gold"]) for r in held_rows] == [("h0", "0"), ("h1", "2"), ("h2", "4")]
+
+
+def test_prompt_plus_response_past_the_context_fails_before_the_model_loads(
+    toy_dir, benchmarks_dir
+):
+    """The toy model has 128 positions: real benchmark prompts do not fit, toy prompts do."""
+    tok = load_tokenizer(_cfg(f"model={toy_dir}"), str(toy_dir))
+    sets = {"aime24": load_benchmark("aime24", benchmarks_dir, 3)}
+    lengths = [len(tok(f"{p.problem}=")["input_ids"]) for p in sets["aime24"]]
+    longest = max(lengths)
+    pid = sets["aime24"][lengths.index(longest)].id
+    cfg = _cfg(f"model={toy_dir}", "max_new_tokens=6")
+    with pytest.raises(EvalConfigError) as info:
+        check_context(cfg, str(toy_dir), tok, sets, "toy")
+    assert str(info.value).startswith(
+        f"max_new_tokens: prompt {pid!r} of 'aime24'={longest} + max_new_tokens=6 = "
+        f"{longest + 6} tokens > the model's context 128"
+    )
+    short = {"toy": [Problem(id="t0", problem="1" * 121, answer="1")]}  # 122 tokens + 6 = 128
+    check_context(cfg, str(toy_dir), tok, short, "toy")
+    with pytest.raises(EvalConfigError, match="= 129 tokens"):
+        check_context(_cfg(f"model={toy_dir}", "max_new_tokens=7"), str(toy_dir), tok, short, "toy")
+
+
+def test_chat_without_a_chat_template_fails_naming_chat(toy_dir):
+    with pytest.raises(EvalConfigError, match="^chat=true, but the tokenizer of"):
+        load_tokenizer(_cfg(f"model={toy_dir}", "chat=true"), str(toy_dir))
