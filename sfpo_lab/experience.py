@@ -7,13 +7,14 @@ every one of the K+1 update passes reuses (clip ratio pi_theta / pi_theta0, Eq. 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
 
-from sfpo_lab.algos import entropy_from_logits, logprobs_from_logits
+from sfpo_lab.algos.logits import fused_logprobs_and_entropy, logprobs_and_entropy
+from sfpo_lab.packing import MicroBatch, micro_batches, pack, unpack
 
 
 @dataclass
@@ -45,8 +46,8 @@ class Experience:
     def response_len(self) -> int:
         return self.response_mask.shape[1]
 
-    def rows(self, index: slice) -> Experience:
-        """The same fields restricted to a slice of rows."""
+    def rows(self, index: slice | Tensor) -> Experience:
+        """The same fields restricted to some rows (a slice or a ``[n]`` long index)."""
         return replace(
             self,
             **{
@@ -91,26 +92,130 @@ def response_logits(model: nn.Module, exp: Experience, temperature: float = 1.0)
     return logits / temperature if temperature != 1.0 else logits
 
 
+def output_projection(model: nn.Module) -> Tensor:
+    """The ``[V, H]`` lm_head weight for the fused log-probs, after checking that the model's
+    logits are exactly ``hidden @ weight.T`` (no bias, no scale or soft-capping)."""
+    head = model.get_output_embeddings()
+    cfg = getattr(model, "config", None)
+    extra = [
+        k
+        for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        if getattr(cfg, k, None)
+    ]
+    if not isinstance(head, nn.Linear) or head.bias is not None or extra:
+        raise ValueError(
+            f"update.fused_lm_head=true needs logits = hidden @ lm_head.weight.T; "
+            f"{type(model).__name__} has {type(head).__name__} (bias or {extra}): "
+            "set update.fused_lm_head=false"
+        )
+    return head.weight
+
+
+def _fused_forward(
+    model: nn.Module, inputs: dict, keep: Tensor, labels: Tensor, temperature: float, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """The root forward with no logits at all (``hidden_states[-1]`` is the final normed
+    state), then :func:`fused_logprobs_and_entropy` at the ``keep`` positions."""
+    output_projection(model)  # refuse before the forward
+    out = model(**inputs, use_cache=False, logits_to_keep=keep[:0], output_hidden_states=True)
+    # FSDP2 unshards the root's embeddings / lm_head in its forward and, for the root, keeps
+    # them unsharded for backward: the weight is read only now, and its gradient reaches the
+    # root's reduce-scatter like any other
+    weight = output_projection(model)
+    if hasattr(weight, "to_local"):
+        raise RuntimeError(
+            "update.fused_lm_head=true: the FSDP root resharded lm_head after forward; shard "
+            "the root with the default reshard_after_forward or set update.fused_lm_head=false"
+        )
+    hidden = out.hidden_states[-1][:, keep]
+    return fused_logprobs_and_entropy(hidden, weight, labels, temperature, chunk)
+
+
+def micro_logprobs(
+    model: nn.Module,
+    mb: MicroBatch,
+    temperature: float = 1.0,
+    chunk_tokens: int = 256,
+    fused: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Teacher-forced log-probs and entropy of one micro-batch's responses (with grad when
+    grad is enabled). Only the positions that predict response tokens reach the vocabulary:
+    chunked over the model's compute-dtype logits (:func:`logprobs_and_entropy`) or, with
+    ``fused``, over the final hidden states x lm_head (:func:`fused_logprobs_and_entropy`:
+    no ``[n, R, V]`` tensor at all).
+
+    Returns:
+        ``([n, R'] log-probs, [n, R'] entropy)`` float32, ``R'`` = ``mb.exp.response_len``;
+        packed micro-batches hold 0 off the response mask.
+    """
+    exp = mb.exp
+    if mb.packed:
+        pk = pack(exp)
+        inputs = {"input_ids": pk.input_ids, "position_ids": pk.position_ids}
+        # position ids restarting at 0 = a new sequence (varlen / block-diagonal mask)
+        keep, labels = pk.logit_index, pk.labels[None]
+    else:
+        r, width = exp.response_len, exp.input_ids.shape[1]
+        inputs = {
+            "input_ids": exp.input_ids,
+            "attention_mask": exp.attention_mask,
+            "position_ids": exp.position_ids,
+        }
+        # position t-1 predicts response token t; an index (not an int) keeps the logits
+        # contiguous, so no copy of [n, R, V] is made
+        keep = torch.arange(width - r - 1, width - 1, device=exp.input_ids.device)
+        labels = exp.input_ids[:, -r:]
+    if fused:
+        lp, ent = _fused_forward(model, inputs, keep, labels, temperature, chunk_tokens)
+    else:
+        out = model(**inputs, use_cache=False, logits_to_keep=keep)
+        lp, ent = logprobs_and_entropy(out.logits, labels, temperature, chunk_tokens)
+    if not mb.packed:
+        return lp, ent
+    shape = tuple(exp.response_mask.shape)
+    return unpack(lp[0], pk, shape), unpack(ent[0], pk, shape)
+
+
 def response_logprobs(
     model: nn.Module,
     exp: Experience,
     temperature: float = 1.0,
     micro_batch_size: int = 16,
     with_entropy: bool = False,
+    *,
+    max_tokens: int | None = None,
+    remove_padding: bool = False,
+    chunk_tokens: int = 256,
+    fused: bool = False,
+    reduce_max: Callable[[int], int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """No-grad log-probs (and per-token entropy) of the responses, micro-batched.
+    """No-grad log-probs (and per-token entropy) of the responses, micro-batched exactly as
+    the update passes are (:func:`sfpo_lab.packing.micro_batches`).
 
     Returns:
-        ``([N, R] log-probs, [N, R] entropy or None)``.
+        ``([N, R] log-probs, [N, R] entropy or None)``, float32; 0 where a micro-batch did not
+        reach (columns past its longest response; off the mask when packed).
     """
-    lps, ents = [], []
+    shape = tuple(exp.response_mask.shape)
+    lps = torch.zeros(shape, dtype=torch.float32, device=exp.input_ids.device)
+    ents = torch.zeros_like(lps) if with_entropy else None
+    mbs = micro_batches(
+        exp,
+        micro_batch_size=micro_batch_size,
+        max_tokens=max_tokens,
+        remove_padding=remove_padding,
+        reduce_max=reduce_max,
+    )
     with torch.no_grad():
-        for mb in exp.split(micro_batch_size):
-            logits = response_logits(model, mb, temperature)
-            lps.append(logprobs_from_logits(logits, mb.input_ids[:, -mb.response_len :]))
-            if with_entropy:
-                ents.append(entropy_from_logits(logits))
-    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+        for mb in mbs:
+            lp, ent = micro_logprobs(model, mb, temperature, chunk_tokens, fused)
+            if mb.empty:
+                continue  # ran only so that every rank takes part in the same collectives
+            r = lp.shape[1]
+            lps[mb.index, :r] = lp.to(lps.dtype)
+            if ents is not None:
+                ents[mb.index, :r] = ent.to(ents.dtype)
+    return lps, ents
 
 
 def old_logprobs_policy(

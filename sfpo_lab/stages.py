@@ -20,19 +20,19 @@ from torch import Tensor
 
 from sfpo_lab.algos import (
     agg_loss,
-    entropy_from_logits,
     get_advantage_estimator,
     get_policy_loss,
     kl_penalty,
-    logprobs_from_logits,
+    masked_mean,
 )
-from sfpo_lab.data.templates import render_prompt
+from sfpo_lab.data.prompts import encode_prompts
 from sfpo_lab.experience import (
     Experience,
+    micro_logprobs,
     old_logprobs_policy,
-    response_logits,
     response_logprobs,
 )
+from sfpo_lab.packing import MicroBatch, micro_batches
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rewards.reward import compute_rewards
 from sfpo_lab.rollout.base import SamplingParams, concat_rollouts, derive_seed
@@ -46,6 +46,23 @@ def _sum(module: SFPOModule, x: float | Tensor) -> float:
     """Sum a scalar over all ranks (identity on one process)."""
     t = torch.as_tensor(x, dtype=torch.float64, device=module.device)
     return float(module.trainer.strategy.reduce(t, reduce_op="sum"))
+
+
+def _micro_batching(module: SFPOModule) -> dict[str, Any]:
+    """``micro_batches`` settings from ``update.*``, with the rank-wide MAX of the count
+    (every rank must run the same number of forwards under DDP / FSDP)."""
+    u = module.run_cfg.update
+
+    def reduce_max(n: int) -> int:
+        t = torch.tensor(float(n), dtype=torch.float64, device=module.device)
+        return int(module.trainer.strategy.reduce(t, reduce_op="max"))
+
+    return {
+        "micro_batch_size": u.micro_batch_size,
+        "max_tokens": u.max_tokens_per_micro_batch,
+        "remove_padding": u.remove_padding,
+        "reduce_max": reduce_max if module.trainer.world_size > 1 else None,
+    }
 
 
 class ExperienceMaker:
@@ -63,27 +80,32 @@ class ExperienceMaker:
             # vLLM's log-probs come almost free: always measure the train/inference mismatch
             return_logprobs=r.engine == "vllm" or r.logprobs == "engine",
         )
-        self.verifier = MathVerifier(num_workers=r.reward_workers, timeout_s=r.reward_timeout_s)
+        self.verifier = MathVerifier(
+            num_workers=r.reward_workers, timeout_s=r.reward_timeout_s, parsing=r.answer_parsing
+        )
         self.advantage_fn = get_advantage_estimator(module.run_cfg.loss.advantage)
 
     def encode(self, problems: list[str]) -> list[list[int]]:
-        run, tok = self.m.run_cfg, self.m.tokenizer
-        texts = [
-            render_prompt(p, run.data.template, tok, chat=run.model.chat_template) for p in problems
-        ]
-        ids = tok(texts, add_special_tokens=False)["input_ids"]
-        return [list(x) for x in ids]
+        """Prompt ids exactly as the length filter, validation and evaluation encode them."""
+        run = self.m.run_cfg
+        return encode_prompts(
+            problems, self.m.tokenizer, run.data.template, run.model.chat_template
+        )
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, salt: int = 0):
-        """Generate in chunks, each seeded by (seed, iteration, global chunk index), so the
-        samples do not depend on the number of ranks."""
+        """Generate this rank's prompts; sample j of global prompt i draws from its own stream
+        keyed by (seed, iteration, i, j), so the samples depend neither on the number of ranks
+        nor on the chunking (``rollout.prompts_per_generate``)."""
         m = self.m
         per = m.run_cfg.rollout.prompts_per_generate or len(prompt_ids)
-        base_chunk = m.global_rank * (len(prompt_ids) // per)
+        first = m.global_rank * len(prompt_ids)  # ranks hold equal contiguous slices
+        seed = derive_seed(m.run_cfg.seed, m.iteration, salt)
         batches = []
-        for c, start in enumerate(range(0, len(prompt_ids), per)):
-            seed = derive_seed(m.run_cfg.seed, m.iteration, base_chunk + c, salt)
-            batches.append(m.engine.generate(prompt_ids[start : start + per], params, seed=seed))
+        with m.engine.keep_awake():  # chunks of one rollout batch: no sleep in between
+            for start in range(0, len(prompt_ids), per):
+                chunk = prompt_ids[start : start + per]
+                keys = list(range(first + start, first + start + len(chunk)))
+                batches.append(m.engine.generate(chunk, params, seed=seed, keys=keys))
         return batches[0] if len(batches) == 1 else concat_rollouts(batches)
 
     def __call__(self, batch: dict[str, list]) -> tuple[Experience, dict[str, float]]:
@@ -107,13 +129,16 @@ class ExperienceMaker:
         )
         exp = exp.to(m.device)
         t_b = run.rollout.temperature
-        mb = run.update.micro_batch_size
-        exp.old_logprobs, entropy = response_logprobs(m.policy, exp, t_b, mb, with_entropy=True)
+        kw = _micro_batching(m) | {
+            "chunk_tokens": run.update.logits_chunk_tokens,
+            "fused": run.update.fused_lm_head,
+        }
+        exp.old_logprobs, entropy = response_logprobs(m.policy, exp, t_b, with_entropy=True, **kw)
         exp.old_logprobs, lp_metrics = old_logprobs_policy(
             run.rollout.logprobs, exp.old_logprobs, ro.logprobs, exp.response_mask
         )
         if m.ref_policy is not None:
-            exp.ref_logprobs, _ = response_logprobs(m.ref_policy, exp, t_b, mb)
+            exp.ref_logprobs, _ = response_logprobs(m.ref_policy, exp, t_b, **kw)
         if hasattr(m.policy, "reshard"):
             m.policy.reshard()  # FSDP2 leaves the root unsharded after a no_grad forward
         mask = exp.response_mask.float()
@@ -139,7 +164,13 @@ class ExperienceMaker:
 
 
 class UpdatePass:
-    """One fast step: ``ppo_mini_batches`` optimizer steps over the whole rollout batch."""
+    """One fast step: ``ppo_mini_batches`` optimizer steps over the whole rollout batch.
+
+    Micro-batches come from :func:`sfpo_lab.packing.micro_batches` (fixed rows or a token
+    budget, padded or packed); the stats key ``entropy`` is the mean over the pass's
+    micro-batches (all ranks) of each one's masked token-mean entropy (verl
+    ``actor/entropy_loss``), the H_s of ``sfpo.entropy_control.source=update``.
+    """
 
     def __init__(self, module: SFPOModule) -> None:
         self.m = module
@@ -150,12 +181,15 @@ class UpdatePass:
         opt = m.optimizers()
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
+        self._entropies: list[float] = []
         minis = list(exp.split(len(exp) // run.update.ppo_mini_batches))
         for mini in minis:
             stats = self._mini_batch_step(opt, mini)
             for k, v in stats.items():
                 w = 1.0 if k == "skipped_steps" else 1.0 / len(minis)
                 totals[k] = totals.get(k, 0.0) + v * w
+        count = _sum(m, len(self._entropies))
+        totals["entropy"] = _sum(m, sum(self._entropies)) / count if count else math.nan
         totals["update_s"] = time.perf_counter() - t0
         return totals
 
@@ -172,12 +206,15 @@ class UpdatePass:
             "global_batch_size": _sum(m, (mask.sum(-1) > 0).sum()),
         }
         stats: dict[str, float] = {}
-        for micro in mini.split(run.update.micro_batch_size):
-            loss, micro_stats = self._micro_loss(micro, denom)
+        for mb in micro_batches(mini, **_micro_batching(m)):
+            loss, micro_stats = self._micro_loss(mb, denom)
             m.manual_backward(loss)
+            if mb.empty:
+                continue  # rank padding: its loss and gradient are exactly zero
+            self._entropies.append(micro_stats.pop("entropy"))
             for k, v in micro_stats.items():
                 # pg_loss / kl are partial sums over global denominators: add them up
-                w = 1.0 if k in ("pg_loss", "kl") else len(micro) / len(mini)
+                w = 1.0 if k in ("pg_loss", "kl") else len(mb.index) / len(mini)
                 stats[k] = stats.get(k, 0.0) + v * w
         grad_norm = clip_grad_norm(m.policy, run.optim.grad_clip)
         for k in ("pg_loss", "kl"):
@@ -202,12 +239,14 @@ class UpdatePass:
         opt.zero_grad(set_to_none=True)
         return stats
 
-    def _micro_loss(self, micro: Experience, denom: dict[str, float]) -> tuple[Tensor, dict]:
-        m, lc = self.m, self.m.run_cfg.loss
+    def _micro_loss(self, mb: MicroBatch, denom: dict[str, float]) -> tuple[Tensor, dict]:
+        m, run, micro = self.m, self.m.run_cfg, mb.exp
+        lc, u = run.loss, run.update
         if lc.loss_scale_factor is not None:
             denom = {**denom, "loss_scale_factor": lc.loss_scale_factor}
-        logits = response_logits(m.policy, micro, m.run_cfg.rollout.temperature)
-        logprobs = logprobs_from_logits(logits, micro.input_ids[:, -micro.response_len :])
+        logprobs, entropy = micro_logprobs(
+            m.policy, mb, run.rollout.temperature, u.logits_chunk_tokens, u.fused_lm_head
+        )
         mask = micro.response_mask
         adv = micro.advantages[:, None].expand_as(logprobs)
         pg_loss, metrics = self.loss_fn(
@@ -215,20 +254,17 @@ class UpdatePass:
             micro.old_logprobs,
             adv,
             mask,
-            clip_low=lc.clip_low,
-            clip_high=lc.clip_high,
-            clip_c=lc.clip_c,
-            agg=lc.agg,
-            **denom,
+            **(denom | lc.policy_loss_kwargs()),  # loss_scale_factor may be in both: same value
         )
         loss = pg_loss
         out = {"pg_loss": float(pg_loss.detach())} | {k: float(v) for k, v in metrics.items()}
+        out["entropy"] = float(masked_mean(entropy.detach(), mask))  # this micro-batch's H
         if lc.entropy_coeff:
-            ent = agg_loss(entropy_from_logits(logits), mask, lc.agg, **denom)
+            ent = agg_loss(entropy, mask, lc.agg, **denom)
             loss = loss - lc.entropy_coeff * ent
         if lc.kl_coef > 0:
             kl_mat = kl_penalty(logprobs, micro.ref_logprobs, lc.kl_kind)
             kl = agg_loss(kl_mat, mask, lc.agg, **denom)
             loss = loss + lc.kl_coef * kl
-            out["kl"] = float(kl)
+            out["kl"] = float(kl.detach())
         return loss, out
