@@ -127,8 +127,12 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW; moments carry through all SFPO stages. The schedule counts rollout batches."""
+    """AdamW (the authors'); moments carry through all SFPO stages. The schedule counts
+    rollout batches. ``name=sgd`` (plain SGD, ``betas``/``eps`` unused) makes an update linear
+    in the gradient: equivalence tests compare runs through it (Adam's first steps amplify
+    float noise in near-zero gradients)."""
 
+    name: str = "adamw"  # adamw | sgd
     lr: float = 1e-6
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -140,6 +144,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _choice("optim.name", self.name, ("adamw", "sgd"))
         _choice("optim.scheduler", self.scheduler, ("constant", "cosine", "linear"))
         _check(
             self.warmup_iterations >= 0, "optim.warmup_iterations", self.warmup_iterations, ">= 0"

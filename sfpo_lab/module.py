@@ -151,6 +151,15 @@ class SFPOModule(L.LightningModule):
                 owns_model=True,
                 device=self.trainer.strategy.root_device,
             )
+        if self.engine.owns_model:
+            # the engine pushes by itself whenever it holds no weights (vLLM level-2 sleep) or
+            # older ones than the current iteration's (all ranks generate together: the gather
+            # inside is a collective every rank joins)
+            from sfpo_lab.rollout.sync import module_weights
+
+            bucket = run.rollout.sync_bucket_mb * 2**20
+            source = module_weights(self.policy, bucket, dtype=self.engine.dtype)
+            self.engine.set_weight_source(source, version=lambda: self.iteration)
 
     def _generation_copy(self) -> torch.nn.Module:
         """The HF engine's own full copy (FSDP2), taken before sharding while the policy is
@@ -194,13 +203,16 @@ class SFPOModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.run_cfg.optim
-        opt = torch.optim.AdamW(
-            self.policy.parameters(),
-            lr=o.lr,
-            betas=tuple(o.betas),
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-        )
+        if o.name == "sgd":
+            opt = torch.optim.SGD(self.policy.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(
+                self.policy.parameters(),
+                lr=o.lr,
+                betas=tuple(o.betas),
+                eps=o.eps,
+                weight_decay=o.weight_decay,
+            )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
         return [opt], [sched]
 

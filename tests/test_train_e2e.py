@@ -140,22 +140,50 @@ def test_existing_checkpoint_is_never_overwritten(tmp_path, cache):
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
 def test_two_processes_match_one_process(tmp_path, cache, strategy):
-    """FSDP2 (ModelParallelStrategy, fully_shard) and DDP on 2 gloo ranks == 1 process."""
+    """FSDP2 (ModelParallelStrategy, fully_shard) and DDP on 2 gloo ranks == 1 process: the
+    logged loss, grad norm and entropies of every iteration, and the weights.
+
+    Plain SGD without clipping, so an update is linear in the gradient and a wrong data-parallel
+    denominator (a gradient off by 2x) shows in the weights and the grad norm (AdamW and clipping
+    are both invariant to the gradient's scale, and Adam's first steps amplify float noise in
+    near-zero gradients). Responses long enough for boxed answers, so the policy loss is live.
+    """
     common = [
         "iterations=2",
         "algorithm=sfpo",
         "data.batch_size=4",
+        "rollout.max_new_tokens=12",
         "rollout.prompts_per_generate=2",
+        "optim.name=sgd",
+        "optim.grad_clip=0",
+        "optim.lr=1.0",
         "val.every=0",
         "checkpoint.every=0",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     run_train(one, *common, cache=cache)
     run_train(two, *common, f"trainer.strategy={strategy}", "trainer.devices=2", cache=cache)
+    rows1 = [r for r in read_metrics(one) if r.get("train/grad_norm")]
+    rows2 = [r for r in read_metrics(two) if r.get("train/grad_norm")]
+    assert len(rows1) == len(rows2) == 2
+    assert any(float(r["train/pg_loss"]) != 0.0 for r in rows1), "no policy-gradient signal"
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        for key in ("train/pg_loss", "train/grad_norm", "train/entropy", "train/entropy_update"):
+            assert float(r2[key]) == pytest.approx(float(r1[key]), rel=1e-5, abs=1e-9), key
     w1, w2 = policy_weights(one / "last.ckpt"), policy_weights(two / "last.ckpt")
     assert w1.keys() == w2.keys()
+    moved = max(float((w1[k] - w0).abs().max()) for k, w0 in base_weights(cache).items())
+    assert moved > 1e-4  # the updates are large enough for the comparison to mean something
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst <= 1e-5, worst
+
+
+def base_weights(cache: Path) -> dict[str, torch.Tensor]:
+    """The toy base the runs started from, under the checkpoint's ``policy.`` names."""
+    from safetensors.torch import load_file
+
+    base = next((cache / "toy_base").glob("*/model.safetensors"))
+    return {f"policy.{k}": v for k, v in load_file(base).items()}
 
 
 @pytest.mark.slow

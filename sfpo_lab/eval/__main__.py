@@ -196,7 +196,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg, source)
     check_context(cfg, source, tokenizer, problem_sets, template)  # before the weights load
     model = load_model(cfg, source)
-    with MathVerifier(int(cfg.reward_workers), float(cfg.reward_timeout_s)) as verifier:
+    parsing = str(cfg.answer_parsing)
+    with MathVerifier(
+        int(cfg.reward_workers), float(cfg.reward_timeout_s), parsing=parsing
+    ) as verifier:
         summary, records = evaluate(
             model, tokenizer, problem_sets, params,
             template=template, chat=bool(cfg.chat), seed=int(cfg.seed),

@@ -25,9 +25,10 @@ import torch
 
 from sfpo_lab.data.prompts import encode_prompts
 from sfpo_lab.data.records import Problem
+from sfpo_lab.eval.callback import problem_key, validation_seed
 from sfpo_lab.eval.metrics import summarize
 from sfpo_lab.rewards.pool import MathVerifier
-from sfpo_lab.rollout.base import SamplingParams, derive_seed
+from sfpo_lab.rollout.base import SamplingParams
 from sfpo_lab.rollout.hf import HFEngine
 
 POLICY_PREFIX = "policy."
@@ -53,9 +54,10 @@ def evaluate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate ``model`` on every benchmark: ``params.n`` samples per problem.
 
-    Prompts go to the engine ``batch_prompts`` at a time, each call seeded with
-    ``derive_seed(seed, benchmark_index, chunk_index)``, so a run is reproducible and one
-    benchmark's samples do not depend on which other benchmarks were evaluated before it.
+    Prompts go to the engine ``batch_prompts`` at a time; sample j of problem i of benchmark b
+    draws from its own stream keyed by ``(validation_seed(seed, 0), problem_key(b, i), j)``,
+    exactly as the training-time validation at iteration 0 does, so the samples do not depend
+    on ``batch_prompts``, on the other benchmarks, and equal a run's iteration-0 validation.
 
     Args:
         model: a HF causal LM (already on its device, in eval mode or not).
@@ -81,14 +83,15 @@ def evaluate(
     verifier = verifier or MathVerifier(num_workers=2)
     records: list[dict[str, Any]] = []
     try:
-        for b, (name, problems) in enumerate(benchmarks.items()):
+        for name, problems in benchmarks.items():
             if not problems:
                 raise ValueError(f"benchmark {name!r} has no problems")
-            for c, start in enumerate(range(0, len(problems), batch_prompts)):
+            for start in range(0, len(problems), batch_prompts):
                 chunk = list(problems[start : start + batch_prompts])
+                keys = [problem_key(name, start + i) for i in range(len(chunk))]
                 records += _evaluate_chunk(
                     engine, tokenizer, verifier, name, chunk, params,
-                    template, chat, derive_seed(seed, b, c),
+                    template, chat, validation_seed(seed, 0), keys,
                 )  # fmt: skip
     finally:
         if own_verifier:
@@ -106,12 +109,13 @@ def _evaluate_chunk(
     template: str,
     chat: bool,
     seed: int,
+    keys: list[int],
 ) -> list[dict[str, Any]]:
     """Generate, decode and grade n samples for each problem of one prompt batch."""
     n = params.n
     # encoded as in training: chat templates hold their special tokens, plain prompts get none
     prompt_ids = encode_prompts([p.problem for p in problems], tokenizer, template, chat)
-    batch = engine.generate(prompt_ids, params, seed=seed)
+    batch = engine.generate(prompt_ids, params, seed=seed, keys=keys)
     samples = batch.decode_responses(tokenizer)
     grades = verifier.grade_many(samples, [p.answer for p in problems for _ in range(n)])
     lengths = batch.response_lengths.tolist()

@@ -52,10 +52,13 @@ def toy_dir(cache_dir: Path) -> Path:
 
 
 class ParityVerifier:
-    """Grades by response length parity, so the flags mix 0 and 1 without a trained model."""
+    """Grades by the parity of the response's character codes, so the flags mix 0 and 1
+    without a trained model (length parity does not: untrained responses all run to the cap)."""
 
     def grade_many(self, completions: list[str], golds: list[str]) -> list[Grade]:
-        return [Grade(correct=len(c) % 2 == 0, boxed=True, pred=c[:1]) for c in completions]
+        return [
+            Grade(correct=sum(map(ord, c)) % 2 == 0, boxed=True, pred=c[:1]) for c in completions
+        ]
 
 
 def _read_records(path: Path) -> list[dict]:
