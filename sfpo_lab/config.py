@@ -246,6 +246,12 @@ class ModelConfig:
             self.name_or_path,
             "a hub id / local dir, or null together with model.tiny or model.gguf",
         )
+        _check(
+            self.gguf is None or self.name_or_path is None,
+            "model.gguf",
+            self.gguf,
+            f"null when model.name_or_path is set (got {self.name_or_path!r}): one model source",
+        )
 
 
 @dataclass

