@@ -54,7 +54,7 @@ def test_sync_into_owned_copy_reproduces_source_outputs(model_factory) -> None:
         expected = HFEngine(source, PAD, EOS).generate(PROMPTS, GREEDY).input_ids
         assert not torch.equal(engine.generate(PROMPTS, GREEDY).input_ids, expected)
         seconds = push_full_weights(source, engine, bucket_bytes=4096)
-        assert seconds >= 0.0
+        assert seconds > 0.0  # a real push was timed (values checked below)
         assert torch.equal(engine.generate(PROMPTS, GREEDY).input_ids, expected)
         for name, value in source.state_dict().items():
             assert torch.equal(engine.model.state_dict()[name], value), name
