@@ -172,6 +172,11 @@ RESUME_KEYS = (
     "rollout.top_k",
     "rollout.reward_scheme",
     "rollout.logprobs",
+    "rollout.answer_parsing",  # the reward's definition
+    "algorithm",
+    "model.chat_template",  # the prompts the policy was trained on
+    "data.template",
+    "data.max_prompt_len",  # which training prompts exist
 )
 """Settings a resumed run must share with its checkpoint (weights, data order, the method);
 ``iterations``, validation, logging, devices and paths may change."""
