@@ -8,17 +8,21 @@ gives each curve's number of seeds. Per-iteration training metrics are noisy at 
 
 from __future__ import annotations
 
+import json
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.plotting import (
     CI_NOTE,
+    add_note,
     band_plot,
     dedupe_runs,
     mark_stops,
     runs_for,
     shared_seeds,
     style,
+    trigger_note,
 )
 from analysis.runs import MissingRuns
 from analysis.stats import minus_start, select
@@ -43,7 +47,7 @@ def fig2(df: pd.DataFrame) -> plt.Figure:
     change since step 0 per run (paired by seed: at toy scale each seed has its own warm-up
     base model, and the spread between bases would otherwise hide the effect of training)."""
     style()
-    runs = shared_seeds(runs_for(df, ["paper_main"]))
+    runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 2")
     models = sorted(runs["model"].unique())
     fig, axes = plt.subplots(2, len(models), figsize=(4.8 * len(models), 6.4), squeeze=False)
     for col, model in enumerate(models):
@@ -65,7 +69,7 @@ def fig3(df: pd.DataFrame) -> plt.Figure:
     """Fig. 3: response length, entropy and reward vs step, GRPO vs SFPO (paper_main runs of
     DS-R1-Distill-Qwen-7B as in the paper when present, else the first model by name)."""
     style()
-    runs = shared_seeds(runs_for(df, ["paper_main"]))
+    runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 3")
     models = sorted(runs["model"].unique())
     runs = runs[
         runs["model"]
@@ -94,7 +98,7 @@ def fig5(df: pd.DataFrame) -> plt.Figure:
     grid = grid[grid["ec"] & grid["slow_correction"] & (grid["decay"] == "zero")]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for ax, k in zip(axes[:2], (3, 7), strict=True):
-        sel = shared_seeds(grid[(grid["K"] == k) | (grid["method"] == "GRPO")])
+        sel = shared_seeds(grid[(grid["K"] == k) | (grid["method"] == "GRPO")], what="Fig. 5")
         if (sel["method"] == "SFPO").any():
             band_plot(ax, sel, "train/acc", window=TRAIN_WINDOW)
             ax.legend(fontsize=7)
@@ -106,12 +110,13 @@ def fig5(df: pd.DataFrame) -> plt.Figure:
         slow = slow[
             slow["ec"] & (slow["decay"] == "zero") & ((slow["K"] == 3) | (slow["method"] == "GRPO"))
         ]
-        slow = shared_seeds(slow[slow["alpha"].isin([0.0, 0.8])])
+        slow = shared_seeds(slow[slow["alpha"].isin([0.0, 0.8])], what="Fig. 5c/d")
         for ax, metric, tag in ((axes[2], "train/acc", "c"), (axes[3], "val/avg", "d")):
             band_plot(ax, slow, metric, window=TRAIN_WINDOW if metric.startswith("train") else 1)
             ax.set_title(f"({tag}) slow correction on/off: {metric}")
             ax.legend(fontsize=7)
     except LookupError as err:
+        slow = grid.iloc[:0]
         for ax in axes[2:]:
             ax.text(0.5, 0.5, str(err), ha="center", wrap=True, transform=ax.transAxes)
     _title(
@@ -120,6 +125,7 @@ def fig5(df: pd.DataFrame) -> plt.Figure:
         grid,
     )
     fig.tight_layout()
+    add_note(fig, trigger_note(pd.concat([dedupe_runs(grid), slow])))
     return fig
 
 
@@ -138,34 +144,44 @@ def _ec_panels(fig_title: str, runs: pd.DataFrame, hue_note: str) -> plt.Figure:
     _legend(fig, axes[1])
     _title(fig, f"{fig_title} (dashed: each EC run's z-score stop step; {hue_note})", runs)
     fig.tight_layout()
+    add_note(fig, trigger_note(runs), y=-0.1)
     return fig
 
 
-def _matching(df: pd.DataFrame, experiment: str, vary: str) -> pd.DataFrame:
-    """SFPO runs of ``experiment`` plus SFPO runs of any experiment (e.g. paper_main) that
-    differ from them only in ``vary`` — the other arm of an on/off comparison."""
+def _matching(df: pd.DataFrame, experiment: str, vary: tuple[str, ...], what: str) -> pd.DataFrame:
+    """SFPO runs of ``experiment`` plus SFPO runs of any experiment (e.g. paper_main) whose
+    effective config equals one of theirs except in the keys starting with a ``vary`` prefix
+    — the other arm of an on/off comparison."""
     own = runs_for(df, [experiment], grpo_baseline=False)
     own = own[own["method"] == "SFPO"]
     if own.empty:
         raise MissingRuns(f"no SFPO runs with extras.experiment={experiment}")
-    keys = ["model", "data", "K", "alpha", "slow_correction", "ec", "decay", "iterations"]
-    keys.remove(vary)
+
+    def rest(config: str) -> str:
+        c = json.loads(config)
+        return json.dumps({k: v for k, v in c.items() if not k.startswith(vary)}, sort_keys=True)
+
+    targets = set(own.drop_duplicates("run_id")["config"].map(rest))
     pool = dedupe_runs(df[df["method"] == "SFPO"])
-    configs = own.drop_duplicates("run_id")[keys].drop_duplicates()
-    return shared_seeds(pool.merge(configs, on=keys))
+    one = pool.drop_duplicates("run_id")
+    keep = set(one.loc[one["config"].map(rest).isin(targets), "run_id"])
+    return shared_seeds(pool[pool["run_id"].isin(keep)], what=what)
 
 
 def fig6(df: pd.DataFrame) -> plt.Figure:
     """Fig. 6: SFPO with and without entropy control; dashed lines at the stop steps."""
     style()
-    runs = _matching(df, "entropy_control", vary="ec")
+    own_decay = df[~df["ec"] | (df["decay"] == "zero")]  # the trigger-on arm: alpha -> 0
+    runs = _matching(
+        own_decay, "entropy_control", ("sfpo.entropy_control.", "sfpo.decay"), "Fig. 6"
+    )
     return _ec_panels("Fig. 6 — entropy control on/off", runs, "after the stop α = 0")
 
 
 def fig7(df: pd.DataFrame) -> plt.Figure:
     """Fig. 7: what alpha does after the stop step: set to zero vs linear decay."""
     style()
-    runs = _matching(df, "alpha_decay", vary="decay")
+    runs = _matching(df, "alpha_decay", ("sfpo.decay",), "Fig. 7")
     runs = runs[runs["ec"]]
     note = "linear: α decays to 0 over sfpo.decay_steps"
     return _ec_panels("Fig. 7 — α after the stop step: zero vs linear decay", runs, note)

@@ -7,7 +7,8 @@
     python analysis/make_figures.py --runs /work/runs_toy --collect paper_figures/toy_runs
 
 A table or figure whose runs are missing prints one line saying what is missing; the others are
-still made. Tables: ``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf``.
+still made. One that would pool or compare runs with different settings (analysis.identity) is
+refused with a line naming the differing settings, and the command exits 2. Tables: ``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import pandas as pd  # noqa: E402
 
 from analysis import bar_figures, diagram, figures, tables  # noqa: E402
+from analysis.identity import MixedRuns  # noqa: E402
 from analysis.plotting import save  # noqa: E402
 from analysis.runs import (  # noqa: E402
     MissingRuns,
@@ -132,18 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     if partial:
         print(f"skipping {len(partial)} incomplete run(s): {', '.join(partial)}")
         df = df[~df["run_id"].isin(partial)]
-    print(f"{df['run_id'].nunique()} runs, {len(df)} rows from {[str(r) for r in args.runs or []]}")
+    n_ids = df.drop_duplicates(["identity", "seed"]).shape[0] if len(df) else 0
+    print(f"{df['run_id'].nunique()} runs ({n_ids} distinct config x seed), {len(df)} rows from {[str(r) for r in args.runs or []]}")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    made = 0
+    made, refused = 0, 0
     for name in args.only:
         try:
             paths = write_output(name, df, args.out)
         except MissingRuns as err:
             print(f"{name}: skipped — {err}")
             continue
+        except MixedRuns as err:
+            print(f"{name}: REFUSED — {err}")
+            refused += 1
+            continue
         made += 1
         print(f"{name}: " + ", ".join(p.name for p in paths))
-    return 0 if made else 1
+    return 2 if refused else 0 if made else 1
 
 
 if __name__ == "__main__":

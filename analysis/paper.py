@@ -18,7 +18,7 @@ BENCHMARK_TITLES = {
     "olympiadbench": "Olympiad",
     "toy": "toy (held-out)",
     "avg": "Avg",
-    "gain": "Δ Avg vs Base (paired by seed)",
+    "gain": "Δ Avg vs the run's own step 0",
 }
 
 # (model, method) -> six benchmarks in TABLE1_BENCHMARKS order, then the paper's Avg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -13,11 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from analysis.identity import check_pooling, dedupe  # noqa: E402
 from analysis.runs import MissingRuns  # noqa: E402
 from analysis.stats import curve_ci, select, smooth  # noqa: E402
 
-# what makes two runs the same experiment (everything but where they were stored)
-_IDENTITY = ["model", "data", "label", "K", "alpha", "slow_correction", "ec", "decay", "seed", "iterations"]  # fmt: skip
 CI_NOTE = "mean ± 95 % CI (Student t) over the seeds all curves share"
 
 
@@ -27,10 +27,10 @@ def style() -> None:
 
 
 def dedupe_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep one run per identical config + seed (e.g. paper_main's SFPO and the
-    slow-correction grid's α=0.8/slow-on point are the same run twice)."""
-    first = df.drop_duplicates("run_id").drop_duplicates(_IDENTITY)["run_id"]
-    return df[df["run_id"].isin(set(first))]
+    """Keep one run per identical effective config + seed (e.g. GRPO under K=3 and K=7, or
+    paper_main's SFPO and the slow-correction grid's α=0.8/slow-on point): see
+    :func:`analysis.identity.dedupe`."""
+    return dedupe(df)
 
 
 def runs_for(
@@ -52,9 +52,13 @@ def runs_for(
     return dedupe_runs(sel)
 
 
-def shared_seeds(runs: pd.DataFrame, by: str = "label") -> pd.DataFrame:
+def shared_seeds(runs: pd.DataFrame, by: str = "label", what: str = "figure") -> pd.DataFrame:
     """Only the seeds every ``by`` group has, so curves in one panel differ by method, not by
-    which seeds (at toy scale: which warm-up base models) each happened to get."""
+    which seeds (at toy scale: which warm-up base models) each happened to get. Replicas are
+    counted once, and runs that a ``by`` group would pool, or that the panel would compare,
+    must not differ in settings the labels do not name (:class:`analysis.identity.MixedRuns`)."""
+    runs = dedupe(runs)
+    check_pooling(runs, what, by=by)
     seeds = runs.groupby(by)["seed"].agg(lambda s: set(s.unique()))
     common = set.intersection(*seeds) if len(seeds) else set()
     return runs[runs["seed"].isin(common)]
@@ -120,6 +124,32 @@ def mark_stops(ax: plt.Axes, df: pd.DataFrame, color: str = "k") -> None:
             alpha=0.6,
             label="z-score stop step" if i == 0 else None,
         )
+
+
+def trigger_note(runs: pd.DataFrame) -> str:
+    """One line per SFPO label: whether the entropy trigger was on (and its window), and per
+    seed the step at which it fired (``never`` = not within the run). GRPO is left out: the
+    trigger is not read at alpha = 0."""
+    stops = stop_steps(runs)
+    one = runs.drop_duplicates("run_id").sort_values(["label", "seed", "run_id"])
+    lines = ["entropy trigger per run (s<seed>@<step it fired>):"]
+    for label, g in one[one["method"] == "SFPO"].groupby("label", sort=True):
+        if not g["ec"].any():
+            lines.append(f"{label}: trigger off")
+            continue
+        window = json.loads(g["config"].iloc[0]).get("sfpo.entropy_control.window", "?")
+        fired = ", ".join(
+            f"s{r.seed}@{'never' if pd.isna(stops.get(r.run_id)) else int(stops[r.run_id])}"
+            for r in g.itertuples()
+        )
+        lines.append(f"{label}: trigger on (window {window}), fired at step: {fired}")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def add_note(fig: plt.Figure, text: str, y: float = -0.02) -> None:
+    """A small-print note under the figure (kept by ``bbox_inches="tight"`` when saving)."""
+    if text:
+        fig.text(0.01, y, text, ha="left", va="top", fontsize=7, family="monospace")
 
 
 def save(fig: plt.Figure, out: Path, name: str) -> list[Path]:

@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from analysis.identity import config_json, effective_config, identity
+
 RUN_COLUMNS = [
     "run_id",
     "source",
@@ -38,6 +40,8 @@ RUN_COLUMNS = [
     "decay",
     "seed",
     "iterations",
+    "identity",
+    "config",
 ]
 COLUMNS = [*RUN_COLUMNS, "step", "metric", "value"]
 
@@ -50,10 +54,13 @@ class MissingRuns(LookupError):
 _UNRESOLVABLE = ("paths", "logger", "callbacks", "hydra")
 
 
-def method_label(K: int, alpha: float, slow: bool, ec: bool, decay: str) -> tuple[str, str]:
+def method_label(
+    K: int, alpha: float, slow: bool, ec: bool, decay: str, tau: float = 1.0, decay_steps: int = 0
+) -> tuple[str, str]:
     """``(method, label)``: ``GRPO`` when alpha = 0 (the engine then does one plain update),
     else ``SFPO`` with a label naming K, alpha and every setting that differs from the
-    authors' (slow correction on, entropy control on, decay ``zero``)."""
+    authors' (slow correction on, entropy control on with tau = 1, decay ``zero``); what the
+    trigger governs is not named when the trigger is off, since nothing reads it then."""
     if alpha == 0:
         return "GRPO", "GRPO"
     parts = [f"K={K}", f"α={alpha:g}"]
@@ -61,8 +68,10 @@ def method_label(K: int, alpha: float, slow: bool, ec: bool, decay: str) -> tupl
         parts.append("no slow")
     if not ec:
         parts.append("no EC")
-    if decay != "zero":
-        parts.append(f"{decay} decay")
+    elif tau != 1.0:
+        parts.append(f"τ={tau:g}")
+    if ec and decay != "zero":
+        parts.append(f"{decay} decay" + (f" over {decay_steps}" if decay == "linear" else ""))
     return "SFPO", f"SFPO({', '.join(parts)})"
 
 
@@ -77,14 +86,16 @@ def _data_name(data: Mapping[str, Any]) -> str:
 
 
 def run_attributes(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Run-level columns from a resolved run config (nested dicts, as in ``config.yaml``)."""
+    """Run-level columns from a resolved run config (nested dicts, as in ``config.yaml``);
+    ``identity``/``config``: see :mod:`analysis.identity`."""
     sfpo = cfg.get("sfpo", {})
     extras = cfg.get("extras") or {}
     K, alpha = int(sfpo.get("K", 3)), float(sfpo.get("alpha", 0.8))
     slow = bool(sfpo.get("slow_correction", True))
     ec = bool((sfpo.get("entropy_control") or {}).get("enabled", True))
     decay = str(sfpo.get("decay", "zero"))
-    method, label = method_label(K, alpha, slow, ec, decay)
+    tau = float((sfpo.get("entropy_control") or {}).get("tau", 1.0))
+    method, label = method_label(K, alpha, slow, ec, decay, tau, int(sfpo.get("decay_steps", 0)))
     return {
         "experiment": str(extras.get("experiment", "adhoc")),
         "scale": str(extras.get("scale", "paper")),
@@ -99,6 +110,8 @@ def run_attributes(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "decay": decay,
         "seed": int(cfg.get("seed", 0)),
         "iterations": int(cfg.get("iterations", 0)),
+        "identity": identity(eff := effective_config(cfg)),
+        "config": config_json(eff),
     }
 
 

@@ -14,6 +14,7 @@ import re
 import pandas as pd
 
 from analysis import paper
+from analysis.identity import check_pooling, dedupe
 from analysis.runs import MissingRuns
 from analysis.stats import mean_ci
 
@@ -32,7 +33,7 @@ def _run_scores(rows: pd.DataFrame, base: bool) -> pd.DataFrame:
     last = accs.groupby(["run_id", "bench"]).tail(1)
     wide = last.pivot_table(index="run_id", columns="bench", values="value", aggfunc="last")
     seeds = rows.groupby("run_id")["seed"].first()
-    return wide.assign(seed=seeds.reindex(wide.index))
+    return wide.assign(seed=seeds.reindex(wide.index)).sort_values(["seed"], kind="stable")
 
 
 def one_variant(runs: pd.DataFrame, experiment: str, model: str) -> None:
@@ -45,35 +46,46 @@ def one_variant(runs: pd.DataFrame, experiment: str, model: str) -> None:
         )
 
 
+def _method_scores(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(final, start)`` scores of the same runs (one row per run, indexed by run_id)."""
+    return _run_scores(rows, base=False), _run_scores(rows, base=True)
+
+
 def table_frame(
     df: pd.DataFrame, experiment: str, published: dict, paper_data: str, benchmarks: list[str]
 ) -> pd.DataFrame:
-    """Long table: model, method, seeds, bench, mean, lo, hi, paper (NaN when not comparable)."""
+    """Long table: model, method, seeds, bench, mean, lo, hi, paper (NaN when not comparable).
+
+    Replicas count once; a method's row pools runs of one effective config (else
+    :class:`analysis.identity.MixedRuns`). A run's gain is its final Avg minus its own step-0
+    Avg (base and final from the same run); the Base row is step 0 of the GRPO runs (of the
+    SFPO runs when there is no GRPO run), one per seed."""
     runs = df[df["experiment"] == experiment]
     if runs.empty:
         raise MissingRuns(f"no runs with extras.experiment={experiment}")
+    runs = dedupe(runs)
+    check_pooling(runs, f"{experiment} table", by="label", within="model")
     out = []
     for model, mrows in runs.groupby("model", sort=True):
         data = mrows["data"].iloc[0]
-        per_method = {"Base": _run_scores(mrows, base=True).drop_duplicates("seed")}
+        per_method: dict[str, pd.DataFrame] = {}
+        starts: dict[str, pd.DataFrame] = {}
         for method in ("GRPO", "SFPO"):
             sel = mrows[mrows["method"] == method]
             if len(sel):
                 one_variant(sel, experiment, model)
-                # one run per seed (a re-run dir or CSV + W&B copies must not shrink the CI)
-                per_method[method] = _run_scores(sel, base=False).drop_duplicates(
-                    "seed", keep="last"
-                )
+                per_method[method], starts[method] = _method_scores(sel)
+        per_method["Base"] = next(iter(starts.values()))
         for method in _METHODS:
             scores = per_method.get(method)
             if scores is None or scores.empty:
                 continue
             benches = [b for b in scores.columns if b != "seed"]
             scores = scores.assign(avg=scores[benches].mean(axis=1))
-            if method != "Base":  # paired by seed: each seed has its own base model/val draw
-                base = per_method["Base"].set_index("seed")
-                base_avg = base[[b for b in benches if b in base]].mean(axis=1)
-                scores["gain"] = scores["avg"] - scores["seed"].map(base_avg)
+            if method != "Base":  # paired within the run: its own step-0 accuracy
+                start = starts[method]
+                start_avg = start[[b for b in benches if b in start]].mean(axis=1)
+                scores["gain"] = scores["avg"] - start_avg.reindex(scores.index)
             ref = published.get((model, method)) if data == paper_data else None
             order = [b for b in benchmarks if b in benches] + sorted(set(benches) - set(benchmarks))
             extra = ["avg", "gain"] if "gain" in scores else ["avg"]
@@ -108,7 +120,7 @@ def _note(long: pd.DataFrame, paper_data: str) -> str:
     n = int(long["seeds"].max())
     note = (
         f"Final accuracy (%), mean ± 95 % CI half-width (Student t) over {n} seed(s); "
-        "Δ = final Avg minus the same seed's Base Avg, then averaged."
+        "Δ = each run's final Avg minus its own step-0 Avg, then averaged."
     )
     if not comparable:
         note += (

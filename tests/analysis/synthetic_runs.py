@@ -7,6 +7,8 @@ import csv
 import math
 from pathlib import Path
 
+import yaml
+
 ITERS = 10
 VAL_EVERY = 5
 ROLLOUTS_PER_STEP = 128
@@ -46,13 +48,24 @@ def write_run(
     model: str = "tiny-qwen2",
     gain: float = 1.0,
     stop: int | None = 6,
+    offset: float = 0.0,
+    settings: dict[str, object] | None = None,
 ) -> Path:
-    """One run: val/avg = 20 + seed + gain * step; train metrics vary smoothly with step."""
+    """One run: val/avg = 20 + seed + offset + gain * step, train/acc = 0.2 + 0.01 * gain * step
+    + 0.001 * seed; the other train metrics vary smoothly with step only. ``settings``: dotted config keys to add or change (``{"data.batch_size": 8}``)."""
     (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(
-        CONFIG.format(seed=seed, iters=ITERS, K=K, alpha=alpha, slow=str(slow).lower(),
-                      ec=str(ec).lower(), decay=decay, model=model, experiment=experiment)
-    )  # fmt: skip
+    text = CONFIG.format(seed=seed, iters=ITERS, K=K, alpha=alpha, slow=str(slow).lower(),
+                         ec=str(ec).lower(), decay=decay, model=model, experiment=experiment)  # fmt: skip
+    if settings:
+        tree = yaml.safe_load(text)
+        for key, value in settings.items():
+            *parents, leaf = key.split(".")
+            node = tree
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        text = yaml.safe_dump(tree)
+    (run_dir / ".hydra" / "config.yaml").write_text(text)
     fields = ["step", "train/acc", "train/entropy", "train/reward", "train/response_length/mean",
               "train/rollouts", "train/wall_clock_s", "sfpo/alpha", "sfpo/stop_step",
               "sfpo/snapshot_bytes", "perf/peak_mem_gb", "val/toy/acc", "val/avg"]  # fmt: skip
@@ -61,13 +74,13 @@ def write_run(
     for step in range(ITERS + 1):
         cost = {"train/rollouts": step * ROLLOUTS_PER_STEP, "train/wall_clock_s": step * sec}
         if step % VAL_EVERY == 0 or step == ITERS:  # the validation callback's row
-            acc = 20.0 + seed + gain * step
+            acc = 20.0 + seed + offset + gain * step
             rows.append({"step": step, "val/toy/acc": acc, "val/avg": acc, **cost})
         if step == 0:
             continue
         stopped = stop is not None and ec and alpha > 0 and step >= stop
         rows.append({
-            "step": step, "train/acc": 0.2 + 0.01 * step + 0.001 * seed,
+            "step": step, "train/acc": 0.2 + 0.01 * gain * step + 0.001 * seed,
             "train/entropy": 0.5 - 0.01 * step, "train/reward": 0.3 + 0.01 * step,
             "train/response_length/mean": 10 + 0.1 * step, **cost,
             "sfpo/alpha": 0.0 if stopped or alpha == 0 else alpha,
@@ -94,8 +107,9 @@ def write_all(root: Path, seeds: tuple[int, ...] = (0, 1)) -> Path:
             ("slow_correction", {"alpha": 0.8, "slow": False, "gain": 1.1, "seed": s}),
             ("entropy_control", {"alpha": 0.8, "ec": False, "gain": 1.8, "seed": s}),
             ("alpha_decay", {"alpha": 0.8, "decay": "linear", "gain": 1.9, "seed": s}),
-            ("memory_profile", {"alpha": 0.0, "seed": s}),
-            ("memory_profile", {"alpha": 0.8, "seed": s}),
+            # no validation, as conf/experiment/memory_profile.yaml: not a replica of paper_main
+            ("memory_profile", {"alpha": 0.0, "seed": s, "settings": {"val.every": 0}}),
+            ("memory_profile", {"alpha": 0.8, "seed": s, "settings": {"val.every": 0}}),
         ]
     counters: dict[str, int] = {}
     for experiment, kw in jobs:

@@ -20,7 +20,11 @@ from analysis.runs import COLUMNS, discover, load_run, method_label, wandb_run_f
         ((3, 0.8, True, True, "zero"), ("SFPO", "SFPO(K=3, α=0.8)")),
         (
             (7, 0.3, False, False, "linear"),
-            ("SFPO", "SFPO(K=7, α=0.3, no slow, no EC, linear decay)"),
+            ("SFPO", "SFPO(K=7, α=0.3, no slow, no EC)"),  # decay unused without trigger
+        ),
+        (
+            (3, 0.8, True, True, "linear", 0.5, 4),
+            ("SFPO", "SFPO(K=3, α=0.8, τ=0.5, linear decay over 4)"),
         ),
     ],
 )
