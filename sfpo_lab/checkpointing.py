@@ -14,12 +14,25 @@ weights after the iteration-0 validation (``on_train_start``), later ones after 
 ``on_train_batch_end`` / ``on_train_end`` (the :class:`ValidationCallback` runs first). When no
 validation scored the current weights, there is no candidate: a stale score is never credited
 to weights that were updated after it.
+
+Two formats (``checkpoint.format``, :func:`sfpo_lab.parallel.checkpoint_format`): ``full``, one
+``torch.save`` file, and ``sharded`` (FSDP2's default), a directory per checkpoint holding each
+rank's shards (``torch.distributed.checkpoint``) and ``meta.pt`` (everything but tensors of the
+model and optimizer), as Lightning's ModelParallelStrategy writes it. For directories
+``last.ckpt`` is a relative symlink to the newest ``iter-N.ckpt`` (a directory cannot be hard
+linked), swapped atomically; a directory that replaces an existing one (``best.ckpt``) is renamed
+in two steps, the old one first set aside as ``.<name>.old``, which the next start puts back if a
+kill came in between. Read either format with :func:`checkpoint_meta` (no tensors) or
+:func:`load_full_checkpoint`; ``python -m sfpo_lab.checkpointing <dir> <file>`` consolidates a
+sharded checkpoint into one full file.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +64,14 @@ class IterationCheckpoint(L.Callback):
         # temporaries of a save that was killed: never complete, never referenced
         if trainer.is_global_zero and self.dirpath.is_dir():
             for stale in self.dirpath.glob(".*.ckpt.tmp"):
-                stale.unlink()
+                _remove(stale)
+            for old in self.dirpath.glob(".*.ckpt.old"):  # a directory set aside mid-replace
+                final = self.dirpath / old.name[1:].removesuffix(".old")
+                if final.exists():
+                    _remove(old)
+                else:
+                    os.replace(old, final)
+        trainer.strategy.barrier()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._save_best_if_validated(trainer, pl_module)  # the base, scored at iteration 0
@@ -88,24 +108,29 @@ class IterationCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp)  # refuses non-finite weights (SFPOModule.on_save_checkpoint)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            _fsync(tmp)
-            os.replace(tmp, final)
+            _fsync_tree(tmp)
+            _replace(tmp, final)
             if also_last:
                 last_tmp = self.dirpath / ".last.ckpt.tmp"
-                if last_tmp.exists():
-                    last_tmp.unlink()
-                os.link(final, last_tmp)
-                os.replace(last_tmp, self.dirpath / "last.ckpt")
-                self._prune()
+                _remove(last_tmp)
+                if final.is_dir():  # sharded: a relative symlink (a directory has no hard link)
+                    os.symlink(final.name, last_tmp)
+                else:
+                    os.link(final, last_tmp)
+                _replace(last_tmp, self.dirpath / "last.ckpt")
+                self._prune(keep=final)
             _fsync(self.dirpath)
         trainer.strategy.barrier()
         self.saved.add(name)
         return final
 
-    def _prune(self) -> None:
+    def _prune(self, keep: Path) -> None:
+        """Delete the oldest ``iter-*.ckpt`` beyond ``keep_last``, never ``keep`` (the target of
+        ``last.ckpt``: a symlink to a deleted directory would leave no resume point)."""
         kept = sorted(self.dirpath.glob("iter-*.ckpt"))
         for old in kept[: max(0, len(kept) - self.keep_last)]:
-            old.unlink()
+            if old != keep:
+                _remove(old)
 
 
 def latest_validation(trainer: L.Trainer) -> dict[str, float] | None:
@@ -116,6 +141,36 @@ def latest_validation(trainer: L.Trainer) -> dict[str, float] | None:
     return None
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint of either format (or a link to one); nothing if absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """``os.replace`` for files and links; a directory replacing a directory is renamed in two
+    steps (the old one set aside as ``.<name>.old`` first, deleted last)."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old")
+        _remove(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
+
+
+def _fsync_tree(path: Path) -> None:
+    """:func:`_fsync` a file, or every file and directory of a sharded checkpoint (rank 0
+    syncs the shards of all ranks: one node, or a shared filesystem)."""
+    if path.is_dir():
+        for sub in sorted(path.rglob("*")):
+            _fsync(sub)
+    _fsync(path)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file's data (or a directory's entries) to disk before it is relied upon."""
     fd = os.open(path, os.O_RDONLY)
@@ -123,3 +178,99 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+META_FILE = "meta.pt"  # Lightning's name for a sharded checkpoint's non-tensor part
+TENSOR_KEYS = ("state_dict", "optimizer_states")
+
+
+def is_sharded(path: str | os.PathLike[str]) -> bool:
+    """A sharded checkpoint: a directory (or a link to one) holding ``meta.pt``."""
+    return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """A checkpoint of either format exists at ``path`` (a file, or a sharded directory)."""
+    return Path(path).is_file() or is_sharded(path)
+
+
+def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything of a checkpoint but the model and optimizer tensors, either format.
+
+    Returns:
+        Lightning's checkpoint dict without ``state_dict`` / ``optimizer_states``: among others
+        ``sfpo_counters`` (``iteration``, ...), ``sfpo_config`` (the run config),
+        ``hyper_parameters`` when saved, ``callbacks`` (their states) and the loops' states.
+
+    Raises:
+        FileNotFoundError: no checkpoint of either format at ``path``.
+    """
+    import torch
+
+    p = Path(path)
+    if is_sharded(p):
+        meta = torch.load(p / META_FILE, map_location="cpu", weights_only=False)
+    elif p.is_file():
+        meta = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+    else:
+        raise FileNotFoundError(
+            f"{str(path)!r}: no checkpoint (neither a file nor a directory with {META_FILE})"
+        )
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(path)!r}: not a Lightning checkpoint (a {type(meta).__name__})")
+    return {k: v for k, v in meta.items() if k not in TENSOR_KEYS}
+
+
+def load_full_checkpoint(
+    path: str | os.PathLike[str], weights_only: bool = False
+) -> dict[str, Any]:
+    """A checkpoint as one full-state dict on the host, either format (no process group).
+
+    A sharded one is consolidated from its shards: ``state_dict`` holds the full tensors;
+    ``optimizer_states`` (omitted when ``weights_only``) is keyed by parameter name (FSDP2's
+    ``get_optimizer_state_dict``), where a full file keys it by parameter index.
+    """
+    import torch
+
+    p = Path(path)
+    if not is_sharded(p):
+        if not p.is_file():
+            checkpoint_meta(p)  # raises the FileNotFoundError
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+        return {k: v for k, v in ckpt.items() if k != "optimizer_states"} if weights_only else ckpt
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    tensors: dict[str, Any] = {}
+    keys = {"state_dict"} if weights_only else None
+    reader = FileSystemReader(str(p))
+    _load_state_dict(tensors, reader, planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
+    out = checkpoint_meta(p) | {"state_dict": tensors.pop("state_dict")}
+    optimizers = sorted((k for k in tensors if k.startswith("optimizer_")), key=_index)
+    if optimizers:
+        out["optimizer_states"] = [tensors[k] for k in optimizers]
+    return out
+
+
+def _index(key: str) -> int:
+    return int(key.rsplit("_", 1)[1])
+
+
+def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Write sharded checkpoint ``src`` as one full file ``dst`` (loads like a ``full`` one)."""
+    import torch
+
+    if not is_sharded(src):
+        raise ValueError(f"{str(src)!r} is not a sharded checkpoint (a directory with {META_FILE})")
+    out = Path(dst)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(load_full_checkpoint(src), tmp)
+    os.replace(tmp, out)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m sfpo_lab.checkpointing <sharded ckpt dir> <output .ckpt file>")
+    print(consolidate(sys.argv[1], sys.argv[2]))

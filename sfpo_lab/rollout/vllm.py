@@ -7,8 +7,14 @@ follows vLLM's RLHF colocate example and TRL's ``vllm_mode="colocate"``:
   process's worker and weights are handed over as tensors, never serialised;
 * **one engine per rank** — with several ranks each builds its own engine with
   ``distributed_executor_backend="external_launcher"`` (vLLM then joins the trainer's
-  ``torch.distributed`` world instead of starting processes) and tensor parallel size 1
-  (TP > 1 would need the ranks of a TP group to share prompts: refused);
+  ``torch.distributed`` world instead of starting processes);
+* **tensor parallel** (``tensor_parallel_size`` = T > 1, as verl's SPMD rollout did) — vLLM
+  lays the world out as external DP x TP, TP innermost: ranks ``[g*T, (g+1)*T)`` run one model
+  sharded T ways and must submit identical requests with identical RNG state. Each rank keeps
+  its own prompts (the data path is unchanged): ``generate`` all-gathers the prompts of its TP
+  group (a gloo subgroup of the same consecutive ranks), generates the union with the group's
+  seed (from the group's first key), and returns this rank's slice. The engine's start seed is
+  one per TP group; weight pushes stay full tensors (each TP worker loads its slice);
 * **weights** — a push streams the trainer's full ``state_dict()`` (gathered bucket by bucket
   from FSDP2 shards, cast to the engine dtype) into
   ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``, then resets the prefix
@@ -126,7 +132,8 @@ class VLLMEngine:
         sleep_level: 1 offloads weights to host RAM, 2 drops them (they are pushed again).
         cpu_kv_cache_gib: CPU only: host RAM for the KV cache.
         enforce_eager: no CUDA graphs; None = True on CPU, False on GPU.
-        tensor_parallel_size: must be 1 (one engine per rank).
+        tensor_parallel_size: ranks per model replica (consecutive ranks; a divisor of
+            ``world_size``); 1 = one independent engine per rank.
         world_size, rank, local_rank: the trainer's ranks; > 1 uses ``external_launcher``.
         llm_kwargs: anything else for ``vllm.LLM`` (e.g. ``max_num_seqs``).
     """
@@ -159,11 +166,14 @@ class VLLMEngine:
             raise ValueError("VLLMEngine: eos_token_id must name at least one token id")
         if sleep_level not in (1, 2):
             raise ValueError(f"VLLMEngine: sleep_level must be 1 or 2, got {sleep_level}")
-        if tensor_parallel_size != 1:
+        tp = tensor_parallel_size
+        if tp < 1 or world_size % tp:
             raise ValueError(
-                f"VLLMEngine: tensor_parallel_size={tensor_parallel_size} is not supported "
-                "(allowed: 1; one colocated engine per rank)"
+                f"rollout.vllm.tensor_parallel_size={tp} with {world_size} rank(s): allowed a "
+                "divisor of the number of ranks (devices x nodes); each group of that many "
+                "consecutive ranks runs one vLLM model replica"
             )
+        self.tp = tp
         self.pad_token_id = int(pad_token_id)
         self.eos_token_ids = [int(e) for e in eos]
         self.dtype = resolve_dtype(dtype)
@@ -171,9 +181,11 @@ class VLLMEngine:
         self.sleep_level = sleep_level if enable_sleep_mode and not self.on_cpu else 0
         kwargs = self._llm_kwargs(max_model_len, seed, gpu_memory_utilization, cpu_kv_cache_gib)
         kwargs["enforce_eager"] = self.on_cpu if enforce_eager is None else enforce_eager
+        kwargs["tensor_parallel_size"] = tp
         if world_size > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
         _set_process_env(world_size, rank, local_rank)
+        self._tp_group = _tp_subgroup(tp) if tp > 1 else None  # all ranks: a collective
         self._vllm = import_vllm()
         saved = rng_state()  # vLLM seeds python/numpy/torch globally at start-up
         try:
@@ -195,7 +207,6 @@ class VLLMEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "max_model_len": int(max_model_len),
             "seed": int(seed) % 2**32,  # vLLM seeds numpy with it
-            "tensor_parallel_size": 1,
             "skip_tokenizer_init": True,  # token ids in, token ids out
             "logprobs_mode": "processed_logprobs",  # log-probs of the sampling distribution
             "enable_prefix_caching": True,  # the n samples of a prompt share its prefill
@@ -322,12 +333,16 @@ class VLLMEngine:
 
         One seed per call (module docstring): the sampler's RNG is seeded with ``seed`` (with
         ``keys``: ``derive_seed(seed, keys[0])``, so the chunks of one batch draw different
-        noise); the requests carry none, and vLLM samples depend on the batch.
+        noise); the requests carry none, and vLLM samples depend on the batch. With tensor
+        parallelism the batch is the TP group's (module docstring): all its ranks call together.
 
         Returns:
             A prompt-major batch of N = ``len(prompts) * params.n`` rows, ``input_ids [N, P+R]``
             with R the longest response generated (<= ``max_new_tokens``).
         """
+        mine, start = len(prompts), 0
+        if self._tp_group is not None:
+            prompts, keys, start = _gather_tp_group(self._tp_group, prompts, seed, keys)
         if seed is not None and keys:  # chunks of one batch share `seed`: keep their noise apart
             seed = derive_seed(seed, int(keys[0]))
         self._prepare()
@@ -340,7 +355,10 @@ class VLLMEngine:
         finally:
             set_rng_state(saved)
             self._sleep()
-        return outputs_to_batch(prompts, outputs, params, self.pad_token_id, self.eos_token_ids)
+        rows = slice(start, start + mine)  # this rank's prompts (all of them without TP)
+        return outputs_to_batch(
+            prompts[rows], outputs[rows], params, self.pad_token_id, self.eos_token_ids
+        )
 
     def _sampling_params(self, params: SamplingParams) -> Any:
         return self._vllm.SamplingParams(
@@ -402,3 +420,36 @@ class VLLMEngine:
 
 _START_WEIGHTS = "start weights"  # tag of the weights the engine was built from
 _ASLEEP = (SleepState.ASLEEP_KEPT, SleepState.ASLEEP_DROPPED)
+
+
+def _tp_subgroup(tp: int) -> Any:
+    """This rank's group of ``tp`` consecutive ranks (vLLM's TP layout), gloo for objects."""
+    import torch.distributed as dist
+
+    group, _ = dist.new_subgroups(group_size=tp, backend="gloo")
+    return group
+
+
+def _gather_tp_group(
+    group: Any, prompts: list[list[int]], seed: int | None, keys: Sequence[int] | None
+) -> tuple[list[list[int]], list[int] | None, int]:
+    """The TP group's prompts in rank order, their keys, and where this rank's start.
+
+    Raises:
+        RuntimeError: the ranks of the group were called with different seeds (they would
+            sample different tokens from one sharded model: vLLM requires identical inputs).
+    """
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, (prompts, seed, None if keys is None else list(keys)), group)
+    if len({s for _, s, _ in parts}) > 1:
+        raise RuntimeError(
+            f"VLLMEngine: the ranks of one tensor-parallel group generate with seeds "
+            f"{[s for _, s, _ in parts]}; they must share one seed (one model replica)"
+        )
+    start = sum(len(p) for p, _, _ in parts[: dist.get_rank(group)])
+    all_prompts = [p for part, _, _ in parts for p in part]
+    if any(k is None for _, _, k in parts):
+        return all_prompts, None, start
+    return all_prompts, [k for _, _, ks in parts for k in ks], start

@@ -1,7 +1,6 @@
 """SFPO on FSDP2-sharded parameters (DTensor local shards), 2 CPU ranks over gloo."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sfpo_lab.algos import SFPO
+from tests.dist_utils import free_port
 
 pytestmark = pytest.mark.distributed
 WORLD, K, ALPHA, ITERS = 2, 2, 0.5, 2
@@ -64,12 +64,6 @@ def worker(rank, port, out_dir):
         results[case] = {"full": full, "stats": stats, "bytes": (sfpo.snapshot_bytes, local_bytes)}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sfpo_on_fsdp2_shards_matches_single_process(tmp_path):

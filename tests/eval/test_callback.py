@@ -5,7 +5,6 @@ ranks — and the logged metrics (acc, CI, reward_mean, grade_timeouts, averages
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +24,7 @@ from sfpo_lab.eval.callback import (
 from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rollout import HFEngine, SamplingParams
+from tests.dist_utils import free_port
 
 PAD, EOS = 0, 1
 PARAMS = SamplingParams(n=4, max_new_tokens=6)
@@ -199,16 +199,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_validate_the_same_samples_as_one(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     grader = Grader()
     single = evaluate(grader=grader)

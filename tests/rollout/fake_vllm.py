@@ -26,6 +26,12 @@ Semantics, as read in vLLM 0.32's source (the copy installed in ``.venv``, same 
 * ``reload_weights`` (``Worker.reload_weights`` -> the model runner's layer-wise reload) copies
   into the weight tensors; with the weights asleep that memory is unmapped (an illegal memory
   access on a GPU): the double raises.
+* Tensor parallel with ``distributed_executor_backend="external_launcher"``
+  (``vllm/distributed/parallel_state.py``, ``initialize_model_parallel``): the world is laid out
+  ExternalDP x DP x PP x PCP x TP, so a TP group is ``tensor_parallel_size`` consecutive ranks
+  running one sharded model; its ranks must call ``generate`` together with the same requests,
+  sampling parameters and RNG state (vLLM would otherwise hang or mix tokens). The double
+  all-gathers them over the group and raises when they differ.
 * Sampling: requests without a per-request seed draw from the device's default generator
   (``vllm/v1/sample/ops/topk_topp_sampler.py``: ``q.exponential_()``), here the torch global
   RNG; stop tokens are kept at the end of ``token_ids``.
@@ -35,6 +41,7 @@ Semantics, as read in vLLM 0.32's source (the copy installed in ``.venv``, same 
 
 from __future__ import annotations
 
+import hashlib
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +115,7 @@ class FakeLLM:
     instances: list[FakeLLM] = []
 
     def __init__(self, model: str, **kwargs: Any) -> None:
-        if kwargs.get("tensor_parallel_size", 1) != 1:
-            raise ValueError("FakeLLM: tensor_parallel_size must be 1")
+        self.tp_group = _tp_group(kwargs)
         self.kwargs = kwargs
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.sleeping_tags: set[str] = set()
@@ -198,6 +204,8 @@ class FakeLLM:
         if self.garbage:
             raise RuntimeError("FakeLLM: generate after a level-2 wake without reload: garbage")
         self.events.append("generate")
+        if self.tp_group is not None:
+            _same_in_tp_group(self.tp_group, requests, sampling)
         params = sampling if isinstance(sampling, list) else [sampling] * len(requests)
         return [self._one(r["prompt_token_ids"], p) for r, p in zip(requests, params, strict=True)]
 
@@ -230,6 +238,33 @@ class FakeLLM:
                 lps = [{t: _Logprob(float(lp[t]))} for lp, t in zip(steps, seq, strict=True)]
             completions.append(_Completion(k, seq, lps))
         return _RequestOutput(completions)
+
+
+def _tp_group(kwargs: dict[str, Any]) -> Any:
+    """The group of ``tensor_parallel_size`` consecutive ranks (vLLM's layout), or None."""
+    tp = kwargs.get("tensor_parallel_size", 1)
+    if tp == 1:
+        return None
+    import torch.distributed as dist
+
+    if kwargs.get("distributed_executor_backend") != "external_launcher":
+        raise ValueError("FakeLLM: tensor_parallel_size > 1 in process needs external_launcher")
+    if not dist.is_initialized() or dist.get_world_size() % tp:
+        raise ValueError(f"FakeLLM: tensor_parallel_size={tp} must divide the world size")
+    return dist.new_subgroups(group_size=tp, backend="gloo")[0]
+
+
+def _same_in_tp_group(group: Any, requests: list[dict], sampling: Any) -> None:
+    import torch.distributed as dist
+
+    rng = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+    parts: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, (requests, sampling, rng), group)
+    if any(p != parts[0] for p in parts):
+        raise RuntimeError(
+            "FakeLLM: the ranks of one tensor-parallel group submitted different requests, "
+            "sampling parameters or RNG states (vLLM would hang or mix tokens)"
+        )
 
 
 FAKE_VLLM = types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams)

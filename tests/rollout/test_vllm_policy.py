@@ -48,7 +48,7 @@ def test_rollout_vllm_composes_with_typed_defaults():
         ("rollout.vllm.cpu_kv_cache_gib=0", "rollout.vllm.cpu_kv_cache_gib"),
         ("rollout.vllm.max_model_len=1", "rollout.vllm.max_model_len"),
         ("rollout.vllm.dtype=int8", "rollout.vllm.dtype"),
-        ("rollout.vllm.tensor_parallel_size=2", "rollout.vllm.tensor_parallel_size"),
+        ("rollout.vllm.tensor_parallel_size=0", "rollout.vllm.tensor_parallel_size"),
         ("rollout.logprobs=vllm", "rollout.logprobs"),
         ("rollout.sync_bucket_mb=0", "rollout.sync_bucket_mb"),
     ],

@@ -237,6 +237,6 @@ def test_one_seed_per_call_and_no_request_seeds(make_engine) -> None:
     assert not torch.equal(a.input_ids, b.input_ids)
 
 
-def test_tensor_parallel_above_one_is_refused(make_engine) -> None:
-    with pytest.raises(ValueError, match="tensor_parallel_size=2"):
+def test_tensor_parallel_size_must_divide_the_ranks(make_engine) -> None:
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=2 with 1 rank\(s\): allowed a div"):
         VLLMEngine("unused", PAD, EOS, max_model_len=8, tensor_parallel_size=2)
