@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sfpo_lab.data.answers import EXTRACTIONS, AnswerExtraction, extract_answer, parse_extraction
 from sfpo_lab.data.records import Problem
 from sfpo_lab.data.templates import strip_template
-from sfpo_lab.rewards.extract import last_boxed
 
 Row = dict[str, Any]
 
 LAYOUTS = ("auto", "verl", "fields")
-ANSWER_EXTRACTIONS = (None, "last_boxed")
+ANSWER_EXTRACTIONS = EXTRACTIONS  # spellings; see sfpo_lab/data/answers.py
 VERL_PROBLEM_FIELD, VERL_ANSWER_FIELD = "prompt", "reward_model.ground_truth"
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
@@ -54,6 +54,17 @@ def _read_jsonl_lines(path: Path, lines: Iterator[str]) -> list[Row]:
 def _read_jsonl(path: Path) -> list[Row]:
     with open(path, encoding="utf-8") as fh:
         return _read_jsonl_lines(path, fh)
+
+
+def _row_lines(name: str) -> list[int] | None:
+    """1-based line of each row of a .jsonl file that has blank lines (rows skip them), so
+    errors can name the line; ``None`` for other sources or when rows and lines coincide."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        lines = [n for n, line in enumerate(fh, 1) if line.strip()]
+    return None if lines == list(range(1, len(lines) + 1)) else lines
 
 
 def _read_json(path: Path) -> list[Row]:
@@ -208,12 +219,19 @@ def normalize_answer(value: Any, where: str) -> str:
     return text
 
 
-def _answer(value: Any, extraction: str | None, where: str) -> str:
-    if extraction == "last_boxed":
-        boxed = last_boxed(value) if isinstance(value, str) else None
-        if boxed is None:
-            raise ValueError(f"{where}: answer_extraction='last_boxed' found no \\boxed{{}}")
-        value = boxed
+def _answer(value: Any, how: AnswerExtraction, field: str, where: str) -> str:
+    """The row's gold: ``value`` (the answer field) through the extraction ``how``."""
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if how.kind != "none" and not numeric:  # a number field is its own answer
+        found = extract_answer(value, how) if isinstance(value, str) else None
+        if found is None:
+            shown = value if not isinstance(value, str) or len(value) <= 80 else value[-80:]
+            raise ValueError(
+                f"{where}: answer_extraction={how.spec!r} found no answer in field {field!r} "
+                f"({'ends' if shown is not value else 'is'} {shown!r}); choose another "
+                f"answer_extraction ({' | '.join(EXTRACTIONS)}) or fix the row"
+            )
+        value = found
     return normalize_answer(value, where)
 
 
@@ -232,10 +250,7 @@ def _resolve_fields(
 def _check_options(layout: str, answer_extraction: str | None, limit: int | None) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: use one of {LAYOUTS}")
-    if answer_extraction not in ANSWER_EXTRACTIONS:
-        raise ValueError(
-            f"answer_extraction={answer_extraction!r}: use one of {ANSWER_EXTRACTIONS}"
-        )
+    parse_extraction(answer_extraction)
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit}: use a positive number or None")
 
@@ -262,8 +277,11 @@ def load_problems(
         answer_field: field with the gold (dotted, e.g. ``reward_model.ground_truth``).
         id_field: field with a stable id; ``"<source>-<row>"`` if None.
         split: hub / dataset-folder split.
-        answer_extraction: None, or ``"last_boxed"`` to take the last ``\\boxed{}`` of the
-            answer field (e.g. Minerva's ``solution``).
+        answer_extraction: how the gold is read from the answer field (None = ``none``, as
+            is): ``last_boxed`` (Minerva's ``solution``), ``after:<marker>`` (GSM8K:
+            ``after:####``), ``regex:<pattern>`` (its first group, last match) or
+            ``last_number``; see :mod:`sfpo_lab.data.answers`. A row where it finds nothing
+            is a ``ValueError`` naming the file, the row and the option.
         layout: ``"verl"`` reads ``prompt`` + ``reward_model.ground_truth``; ``"fields"`` the
             named fields; ``"auto"`` is verl when rows look verl-shaped and lack the named fields.
         source: ``Problem.source``; the file stem / dataset name if None.
@@ -273,15 +291,17 @@ def load_problems(
     MATH train file has two). Every other problem in a row is a ``ValueError`` naming it.
     """
     _check_options(layout, answer_extraction, limit)
+    how = parse_extraction(answer_extraction)
     rows, name = _load_rows(path_or_hub_name, split)
     source = source or name
     problem_field, answer_field = _resolve_fields(rows[0], layout, problem_field, answer_field)
     out: list[Problem] = []
     skipped: list[int] = []
+    lines = _row_lines(path_or_hub_name)
     for i, row in enumerate(rows[:limit]):
-        where = f"{path_or_hub_name}: row {i + 1}"
+        where = f"{path_or_hub_name}: row {i + 1}{f' (line {lines[i]})' if lines else ''}"
         try:
-            answer = _answer(_field(row, answer_field, where), answer_extraction, where)
+            answer = _answer(_field(row, answer_field, where), how, answer_field, where)
         except EmptyAnswerError:
             skipped.append(i + 1)
             continue

@@ -1,9 +1,17 @@
 """``python -m sfpo_lab.eval``: evaluate a model (and optionally a training checkpoint) on
 benchmarks and write summaries + per-problem records (settings: ``conf/eval.yaml``).
 
-    python -m sfpo_lab.eval model=Qwen/Qwen2.5-Math-1.5B ckpt=outputs/.../best.ckpt
+    python -m sfpo_lab.eval ckpt=outputs/.../best.ckpt          # that run, as it validated
     python -m sfpo_lab.eval model=toy benchmarks=[math500,aime24] n=2 limit=3 out=/tmp/ev
     python -m sfpo_lab.eval model=<dir> file=held.jsonl problem_field=q answer_field=a
+
+A checkpoint of a run carries the run's config: the model, tokenizer, prompt template, chat
+setting and (toy) task and base come from it, and a ``model=`` / ``tokenizer=`` / ``template=``
+/ ``chat=`` / ``toy_warmup_steps=`` that contradicts it is an error naming both values. Unset
+sampling and grading settings take the run's validation values (benchmarks, limit, n,
+temperature, top_p, max_new_tokens, seed, answer_parsing) and sample the validation's own
+streams at the checkpoint's iteration, so the printed number is the run's validation number;
+one set explicitly to another value is used and reported as a difference.
 
 Every setting is checked, and every benchmark loaded, before the model is: a bad setting
 fails in seconds with a message naming it.
@@ -29,6 +37,7 @@ from sfpo_lab.eval.benchmarks import (
 from sfpo_lab.rollout.base import SamplingParams
 
 TOY = "toy"
+ALL = "all"  # limit=all: every problem (also when the run validated on val.limit of them)
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -36,10 +45,68 @@ class EvalConfigError(ValueError):
     """A bad evaluation setting (the message names it, its value and what is allowed)."""
 
 
-def _toy_run(cfg: DictConfig) -> Any:
-    """The RunConfig whose toy base (and toy held-out split) ``model=toy`` means."""
+def fill_standalone(cfg: DictConfig) -> None:
+    """Unset settings (no run) take ``standalone`` defaults (template: toy for model=toy)."""
+    for key, value in cfg.standalone.items():
+        if cfg[key] is None:
+            cfg[key] = value
+    if cfg.template is None:
+        cfg.template = TOY if cfg.model == TOY else "authors"
+
+
+def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """``cfg`` with every setting filled (from the checkpoint's run, else the standalone
+    defaults), and what the run adds: ``run`` (its RunConfig), ``ckpt`` (the loaded dict),
+    ``iteration`` and ``differs``."""
+    from sfpo_lab.eval.evaluate import apply_run, read_checkpoint, saved_run
+
+    cfg = cfg.copy()
+    extra: dict[str, Any] = {"run": None, "ckpt": None, "iteration": 0, "differs": {}}
+    if cfg.ckpt is not None:
+        path = str(cfg.ckpt)
+        if not Path(path).expanduser().exists():
+            raise EvalConfigError(f"ckpt={path!r}: no such file (a Lightning .ckpt)")
+        try:
+            extra["ckpt"] = read_checkpoint(Path(path).expanduser())
+            run = saved_run(extra["ckpt"], path)
+        except ValueError as e:
+            raise EvalConfigError(str(e)) from None
+        if run is None and cfg.model in (None, TOY):
+            raise EvalConfigError(
+                f"ckpt={path!r} holds no run config (not an sfpo_lab training checkpoint, or an "
+                f"old one): give model=<the dir or hub id it was trained from>"
+                f"{'' if cfg.model is None else f'; model={TOY} needs the run config'}"
+            )
+        if run is not None:
+            extra["run"] = run
+            try:
+                extra["differs"] = apply_run(cfg, run, path)
+            except ValueError as e:  # a setting that contradicts the run
+                raise EvalConfigError(str(e)) from None
+            counters = extra["ckpt"].get("sfpo_counters") or {}
+            extra["iteration"] = int(counters.get("iteration", 0))
+    fill_standalone(cfg)
+    return cfg, extra
+
+
+# ---------------------------------------------------------------- checks and loading
+
+
+def _toy_run(cfg: DictConfig, run: Any | None = None) -> Any:
+    """The RunConfig whose toy base (and toy held-out split) ``model=toy`` means: the run's
+    own, or (no run) a default ``RunConfig()``."""
+    import copy
+
     from sfpo_lab.config import RunConfig
 
+    if run is not None:
+        run = copy.deepcopy(run)
+        from sfpo_lab.warmup import base_key
+
+        if (Path(run.paths.cache_dir) / "toy_base" / base_key(run) / "config.json").exists():
+            return run  # the base the run trained from, where it was cached
+        run.paths.cache_dir = str(cfg.cache_dir)
+        return run
     run = RunConfig()
     run.paths.cache_dir = str(cfg.cache_dir)
     if cfg.toy_warmup_steps is not None:
@@ -49,8 +116,10 @@ def _toy_run(cfg: DictConfig) -> Any:
 
 def check_settings(cfg: DictConfig) -> None:
     """Fail on a bad model, ckpt or benchmark name before anything heavy happens."""
-    if OmegaConf.is_missing(cfg, "model"):
-        raise EvalConfigError(f"model is required: a local dir, a hub id or {TOY}")
+    if OmegaConf.is_missing(cfg, "model") or cfg.model is None:
+        raise EvalConfigError(
+            f"model is required (or a ckpt of a run): a local dir, a hub id or {TOY}"
+        )
     model = str(cfg.model)
     if model != TOY:
         from sfpo_lab.models import is_plausible_hub_id
@@ -62,7 +131,7 @@ def check_settings(cfg: DictConfig) -> None:
                 f"model={model!r}: no such local model directory and not a hub id "
                 f"('org/name'); or use model={TOY}"
             )
-    if cfg.ckpt is not None and not Path(str(cfg.ckpt)).expanduser().is_file():
+    if cfg.ckpt is not None and not Path(str(cfg.ckpt)).expanduser().exists():
         raise EvalConfigError(f"ckpt={cfg.ckpt!r}: no such file (a Lightning .ckpt)")
     for name in _benchmark_names(cfg):
         if name != TOY and name not in BENCHMARKS:
@@ -74,8 +143,8 @@ def check_settings(cfg: DictConfig) -> None:
             raise EvalConfigError(f"benchmarks: {TOY!r} needs model={TOY}")
     if int(cfg.batch_prompts) < 1:
         raise EvalConfigError(f"batch_prompts={cfg.batch_prompts}: must be >= 1")
-    if cfg.limit is not None and int(cfg.limit) < 1:
-        raise EvalConfigError(f"limit={cfg.limit}: must be >= 1 or null")
+    if cfg.limit not in (None, ALL) and (not str(cfg.limit).isdigit() or int(cfg.limit) < 1):
+        raise EvalConfigError(f"limit={cfg.limit}: must be an integer >= 1, {ALL} or null")
 
 
 def _benchmark_names(cfg: DictConfig) -> list[str]:
@@ -86,27 +155,31 @@ def _benchmark_names(cfg: DictConfig) -> list[str]:
     return [str(b) for b in cfg.benchmarks]
 
 
-def load_problem_sets(cfg: DictConfig) -> dict[str, list[Problem]]:
-    """Benchmark name -> problems: registered names, ``toy``, and ``file`` by field mapping."""
-    limit = None if cfg.limit is None else int(cfg.limit)
+def load_problem_sets(cfg: DictConfig, run: Any | None = None) -> dict[str, list[Problem]]:
+    """Benchmark name -> problems: registered names, ``toy`` (the run's toy task, if a run),
+    and ``file`` by field mapping."""
+    limit = None if cfg.limit in (None, ALL) else int(cfg.limit)
     sets: dict[str, list[Problem]] = {}
     for name in _benchmark_names(cfg):
         if name == TOY:
             from sfpo_lab.warmup import toy_task
 
-            sets[name] = toy_task(_toy_run(cfg)).heldout(limit)
+            sets[name] = toy_task(_toy_run(cfg, run)).heldout(limit)
         else:
             sets[name] = load_benchmark(name, cfg.data_dir, limit)
     if cfg.file is not None:
-        problems = load_benchmark_from_fields(
-            str(cfg.file),
-            str(cfg.problem_field),
-            str(cfg.answer_field),
-            answer_extraction=cfg.answer_extraction,
-            id_field=cfg.id_field,
-            name=cfg.name,
-            limit=limit,
-        )
+        try:
+            problems = load_benchmark_from_fields(
+                str(cfg.file),
+                str(cfg.problem_field),
+                str(cfg.answer_field),
+                answer_extraction=cfg.answer_extraction,
+                id_field=cfg.id_field,
+                name=cfg.name,
+                limit=limit,
+            )
+        except (ValueError, FileNotFoundError) as e:  # names the file, row, field or option
+            raise EvalConfigError(str(e)) from None
         name = str(cfg.name or Path(str(cfg.file)).stem)
         sets[name] = [replace(p, source=name) for p in problems]
     if not sets:
@@ -114,13 +187,18 @@ def load_problem_sets(cfg: DictConfig) -> dict[str, list[Problem]]:
     return sets
 
 
-def model_source(cfg: DictConfig) -> str:
-    """The model dir or hub id ``model=`` means (``toy``: the cached toy base, built if missing)."""
+def model_source(cfg: DictConfig, run: Any | None = None) -> str:
+    """The model dir or hub id ``model=`` means (``toy``: the cached toy base, built if missing;
+    a run's GGUF model: its materialised directory)."""
     source = str(cfg.model)
     if source == TOY:
         from sfpo_lab.warmup import toy_base_model
 
-        source = str(toy_base_model(_toy_run(cfg)))
+        source = str(toy_base_model(_toy_run(cfg, run)))
+    elif run is not None and run.model.gguf is not None:
+        from sfpo_lab.models import materialize_gguf
+
+        source = str(materialize_gguf(run.model.gguf, Path(str(cfg.cache_dir)) / "models"))
     return source
 
 
@@ -161,23 +239,36 @@ def check_context(
         raise EvalConfigError(f"max_new_tokens: {msg}")
 
 
-def load_model(cfg: DictConfig, source: str) -> Any:
-    """The model on the configured device, ckpt weights applied."""
+def load_model(cfg: DictConfig, source: str, extra: dict[str, Any] | None = None) -> Any:
+    """The model on the configured device, ckpt weights applied. ``dtype=auto``: a run's
+    compute dtype (its validation's), else bfloat16 on GPU and float32 on CPU."""
     import torch
 
     from sfpo_lab.eval.evaluate import load_policy_weights
     from sfpo_lab.models import build_causal_lm
 
+    extra = extra or {}
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device == "cuda" else "float32"
+    dtype = cfg.dtype
+    if dtype == "auto" and extra.get("run") is not None:
+        from sfpo_lab.parallel import compute_dtype
+
+        dtype = str(compute_dtype(extra["run"])).removeprefix("torch.")
+    elif dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
     model = build_causal_lm(source, dtype=dtype)
     if cfg.ckpt is not None:
-        load_policy_weights(model, str(cfg.ckpt))
+        try:
+            load_policy_weights(model, extra.get("ckpt") or str(cfg.ckpt))
+        except ValueError as e:
+            raise EvalConfigError(f"ckpt={str(cfg.ckpt)!r}: {e}") from None
     return model.to(device).eval()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Check -> load data -> load model -> evaluate -> write; returns the summary."""
+    """Resolve (a run's own settings) -> check -> load data -> load model -> evaluate -> write;
+    returns the summary."""
+    cfg, extra = resolve(cfg)
     check_settings(cfg)
     params = SamplingParams(
         n=int(cfg.n),
@@ -186,36 +277,63 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         top_p=float(cfg.top_p),
         top_k=int(cfg.top_k),
     )
-    template = cfg.template or (TOY if cfg.model == TOY else "authors")
-    problem_sets = load_problem_sets(cfg)
+    problem_sets = load_problem_sets(cfg, extra["run"])
 
-    from sfpo_lab.eval.evaluate import evaluate, write_outputs
+    from sfpo_lab.eval.evaluate import evaluate, run_validation, write_outputs
     from sfpo_lab.rewards.pool import MathVerifier
 
-    source = model_source(cfg)
+    source = model_source(cfg, extra["run"])
     tokenizer = load_tokenizer(cfg, source)
-    check_context(cfg, source, tokenizer, problem_sets, template)  # before the weights load
-    model = load_model(cfg, source)
+    check_context(cfg, source, tokenizer, problem_sets, str(cfg.template))  # before the weights
+    model = load_model(cfg, source, extra)
     parsing = str(cfg.answer_parsing)
     with MathVerifier(
         int(cfg.reward_workers), float(cfg.reward_timeout_s), parsing=parsing
     ) as verifier:
         summary, records = evaluate(
             model, tokenizer, problem_sets, params,
-            template=template, chat=bool(cfg.chat), seed=int(cfg.seed),
+            template=str(cfg.template), chat=bool(cfg.chat), seed=int(cfg.seed),
             batch_prompts=int(cfg.batch_prompts), verifier=verifier, n_boot=int(cfg.n_boot),
+            iteration=extra["iteration"],
         )  # fmt: skip
+    summary["run_validation"] = run_validation(extra["ckpt"], extra["iteration"])
     settings = {
         **{k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"},
         "model_source": source,
-        "template": template,
         "benchmarks": list(problem_sets),
+        "iteration": extra["iteration"],
+        "differs_from_run_validation": {k: list(v) for k, v in extra["differs"].items()},
     }
     out = write_outputs(cfg.out, summary, records, settings)
-    lines = [f"{name:>16}: {m['acc']:6.2f}  [{m['ci_lo']:.2f}, {m['ci_hi']:.2f}]"
-             for name, m in summary["benchmarks"].items()]  # fmt: skip
-    print("\n".join([*lines, f"{'avg':>16}: {summary['avg']:6.2f}", f"-> {out}"]))
+    print(results_table(summary, problem_sets, params.n, extra))
+    print(f"-> {out}")
     return summary
+
+
+def results_table(
+    summary: dict[str, Any], sets: dict[str, list[Problem]], n: int, extra: dict[str, Any]
+) -> str:
+    """The printed results: a header row, one row per benchmark, the average; for a run's
+    checkpoint also its own validation number at the checkpoint's iteration."""
+    val, it = summary.get("run_validation") or {}, extra["iteration"]
+    head = f"{'benchmark':>16}  {'problems':>8}  {'n':>4}  {'acc %':>6}  {'95% CI':<16}"
+    head += f"  run's val @ it {it}" if val else ""
+    lines = [head]
+    for name, m in summary["benchmarks"].items():
+        ci = f"[{m['ci_lo']:.2f}, {m['ci_hi']:.2f}]"
+        row = f"{name:>16}  {len(sets[name]):>8}  {n:>4}  {m['acc']:6.2f}  {ci:<16}"
+        got = val.get(f"val/{name}/acc")
+        lines.append(row + (f"  {got:6.2f}" if val and got is not None else ""))
+    lines.append(f"{'avg':>16}  {'':>8}  {'':>4}  {summary['avg']:6.2f}")
+    if extra["differs"]:
+        diff = ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in extra["differs"].items())
+        lines.append(f"note: not the run's validation settings: {diff}")
+    if extra["run"] is not None and extra["run"].rollout.engine == "vllm":
+        lines.append(
+            "note: the run validated with vLLM (one seed per call), this evaluation samples "
+            "with the HF engine: same settings, other samples"
+        )
+    return "\n".join(lines)
 
 
 CONFIG = Path(__file__).resolve().parents[2] / "conf" / "eval.yaml"
@@ -235,6 +353,9 @@ register_config()
 
 @hydra.main(version_base="1.3", config_path=None, config_name="eval")
 def main(cfg: DictConfig) -> float:
+    from sfpo_lab import quiet
+
+    quiet.install()  # known-harmless library notices, filtered at their loggers
     try:
         return run(cfg)["avg"]
     except EvalConfigError as err:

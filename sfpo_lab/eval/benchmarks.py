@@ -297,7 +297,11 @@ def load_benchmark_from_fields(
         path: a jsonl/json/parquet/csv file or a hub dataset name.
         problem_field: field holding the question.
         answer_field: field holding the answer (or the solution, with extraction).
-        answer_extraction: ``None`` (use the field as is) or ``"last_boxed"``.
+        answer_extraction: how the gold is read from ``answer_field``: ``None``/``"none"``
+            (as is), ``"last_boxed"``, ``"after:<marker>"`` (GSM8K ``"after:####"``),
+            ``"regex:<pattern>"`` (first group of the last match) or ``"last_number"``
+            (:mod:`sfpo_lab.data.answers`); a row where it finds nothing is an error naming
+            the file, row and option.
         id_field: field holding a stable id; the row index if ``None``.
         split: hub split.
         layout: ``"auto"``, ``"verl"`` or ``"fields"``.

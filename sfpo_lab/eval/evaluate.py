@@ -5,6 +5,9 @@ The pieces are reused from training — the HF rollout engine, the math-verify p
 the metrics — so a standalone number and a ``val/<benchmark>/acc`` logged during training mean
 the same thing. ``python -m sfpo_lab.eval`` (see ``__main__.py``) wires them to the command line.
 
+A training checkpoint carries its run's config (``sfpo_config``): :func:`apply_run` fills the
+evaluation settings from it, so evaluating a run's ``best.ckpt`` repeats that run's validation.
+
 Output layout under ``out``::
 
     summary.json                 {"benchmarks": {name: metrics}, "avg": ..., "settings": {...}}
@@ -22,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from sfpo_lab.data.prompts import encode_prompts
 from sfpo_lab.data.records import Problem
 from sfpo_lab.eval.callback import problem_key, validation_seed
 from sfpo_lab.eval.metrics import summarize
 from sfpo_lab.rewards.pool import MathVerifier
-from sfpo_lab.rollout.base import SamplingParams
+from sfpo_lab.rollout.base import SamplingParams, stop_token_ids
 from sfpo_lab.rollout.hf import HFEngine
 
 POLICY_PREFIX = "policy."
@@ -51,13 +55,16 @@ def evaluate(
     batch_prompts: int = 16,
     verifier: MathVerifier | None = None,
     n_boot: int = 1000,
+    iteration: int = 0,
+    generation_config_eos: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate ``model`` on every benchmark: ``params.n`` samples per problem.
 
     Prompts go to the engine ``batch_prompts`` at a time; sample j of problem i of benchmark b
-    draws from its own stream keyed by ``(validation_seed(seed, 0), problem_key(b, i), j)``,
-    exactly as the training-time validation at iteration 0 does, so the samples do not depend
-    on ``batch_prompts``, on the other benchmarks, and equal a run's iteration-0 validation.
+    draws from its own stream keyed by ``(validation_seed(seed, iteration), problem_key(b, i),
+    j)``, exactly as the training-time validation at ``iteration`` does, so the samples do not
+    depend on ``batch_prompts`` or on the other benchmarks, and a run's checkpoint evaluated
+    with its seed and iteration draws its own validation's samples.
 
     Args:
         model: a HF causal LM (already on its device, in eval mode or not).
@@ -70,6 +77,9 @@ def evaluate(
         batch_prompts: prompts per ``generate`` call.
         verifier: grading pool to reuse; one with 2 workers is made (and closed) if None.
         n_boot: bootstrap draws for the CI (seeded with ``seed``).
+        iteration: the training iteration whose validation stream to draw (0 for a base).
+        generation_config_eos: also stop at the model's ``generation_config`` EOS ids (as the
+            training engines do); False stops at the tokenizer's EOS only.
 
     Returns:
         ``(summary, records)``: ``summary`` is ``metrics.summarize`` output (percent: ``acc`` =
@@ -78,7 +88,8 @@ def evaluate(
     """
     if batch_prompts < 1:
         raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
-    engine = HFEngine(model, _pad_id(tokenizer), _eos_ids(model, tokenizer))
+    eos = _eos_ids(model, tokenizer) if generation_config_eos else [tokenizer.eos_token_id]
+    engine = HFEngine(model, _pad_id(tokenizer), eos)
     own_verifier = verifier is None
     verifier = verifier or MathVerifier(num_workers=2)
     records: list[dict[str, Any]] = []
@@ -91,7 +102,7 @@ def evaluate(
                 keys = [problem_key(name, start + i) for i in range(len(chunk))]
                 records += _evaluate_chunk(
                     engine, tokenizer, verifier, name, chunk, params,
-                    template, chat, validation_seed(seed, 0), keys,
+                    template, chat, validation_seed(seed, iteration), keys,
                 )  # fmt: skip
     finally:
         if own_verifier:
@@ -176,26 +187,33 @@ def _dump(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def load_policy_weights(model: torch.nn.Module, ckpt: str | os.PathLike[str]) -> int:
+def load_policy_weights(
+    model: torch.nn.Module, ckpt: str | os.PathLike[str] | Mapping[str, Any]
+) -> int:
     """Load the ``policy.*`` weights of a Lightning training checkpoint into ``model``.
 
     Tied output embeddings may be absent from the checkpoint; any other missing or unexpected
     parameter is an error (the checkpoint belongs to another architecture).
 
+    Args:
+        model: the HF model to load into.
+        ckpt: a checkpoint file, or its already loaded dict (``read_checkpoint``).
+
     Returns:
         The number of tensors loaded.
     """
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
+    loaded = ckpt if isinstance(ckpt, Mapping) else read_checkpoint(ckpt)
+    name = "<loaded checkpoint>" if isinstance(ckpt, Mapping) else str(ckpt)
+    state = loaded.get("state_dict", loaded)
     policy = {k[len(POLICY_PREFIX) :]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
     if not policy:
-        raise ValueError(f"ckpt={str(ckpt)!r}: no '{POLICY_PREFIX}*' weights in its state_dict")
+        raise ValueError(f"ckpt={name!r}: no '{POLICY_PREFIX}*' weights in its state_dict")
     result = model.load_state_dict(policy, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     missing = sorted(set(result.missing_keys) - tied)
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"ckpt={str(ckpt)!r} does not match model: missing {missing[:5]}, "
+            f"ckpt={name!r} does not match model: missing {missing[:5]}, "
             f"unexpected {sorted(result.unexpected_keys)[:5]}"
         )
     if tied:
@@ -203,15 +221,145 @@ def load_policy_weights(model: torch.nn.Module, ckpt: str | os.PathLike[str]) ->
     return len(policy)
 
 
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training checkpoint as a dict without optimizer state (a file's tensors memory-mapped,
+    not copied; a directory, FSDP2's sharded format, consolidated on the host through
+    ``sfpo_lab.checkpointing.load_full_checkpoint``).
+
+    Raises:
+        ValueError: naming ``ckpt`` when it is not a readable checkpoint.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            from sfpo_lab import checkpointing
+
+            load_full = getattr(checkpointing, "load_full_checkpoint", None)
+            if load_full is None:
+                raise ValueError(
+                    f"ckpt={str(path)!r} is a directory (a sharded FSDP2 checkpoint); this "
+                    "version reads one .ckpt file: consolidate it first"
+                )
+            return load_full(path, weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except ValueError:
+        raise
+    except Exception as e:  # truncated / not a torch file / no shards: several types
+        raise ValueError(f"ckpt={str(path)!r}: not a readable checkpoint ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"ckpt={str(path)!r}: not a Lightning checkpoint (a {type(loaded)})")
+    return loaded
+
+
 def _pad_id(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
-    """EOS ids of the tokenizer and the model's generation config (Qwen chat has two)."""
-    ids = [tokenizer.eos_token_id]
-    gen = getattr(model, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
-    ids += extra if isinstance(extra, list) else [extra]
-    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+_eos_ids = stop_token_ids  # the engines' stop ids, as training uses them
+
+
+# --------------------------------------------------------------------------- a run's checkpoint
+
+IDENTITY = ("model", "tokenizer", "template", "chat", "toy_warmup_steps")
+"""Settings that say which model is evaluated: one that contradicts the run is an error."""
+VALIDATION = ("benchmarks", "limit", "data_dir", "n", "temperature", "top_p", "top_k")
+VALIDATION += ("max_new_tokens", "seed", "answer_parsing")
+"""Settings of the run's validation: unset ones take its values, others are reported."""
+
+
+def run_values(run: Any) -> dict[str, Any]:
+    """The eval settings a run's own validation used (``run``: its ``RunConfig``)."""
+    toy = run.model.name_or_path is None and run.model.gguf is None
+    v = run.val
+    return {
+        "model": "toy" if toy else run.model.name_or_path or run.model.gguf,
+        "tokenizer": run.model.tokenizer,
+        "template": run.data.template,
+        "chat": run.model.chat_template,
+        "toy_warmup_steps": run.model.warmup.steps if toy and run.model.warmup else None,
+        "benchmarks": list(v.benchmarks),
+        "limit": v.limit,
+        "data_dir": v.data_dir,
+        "n": v.n,
+        "temperature": v.temperature,
+        "top_p": v.top_p,
+        "top_k": 0,  # validation samples without top-k (ValidationCallback's SamplingParams)
+        "max_new_tokens": v.max_new_tokens or run.rollout.max_new_tokens,
+        "seed": run.seed,
+        "answer_parsing": run.rollout.answer_parsing,
+    }
+
+
+def saved_run(ckpt: dict[str, Any], path: str) -> Any | None:
+    """The ``RunConfig`` saved in a training checkpoint (``None``: it holds none)."""
+    from sfpo_lab.config import ConfigError, to_run_config
+
+    saved = (ckpt.get("sfpo_config") or {}).get("run")
+    if saved is None:
+        return None
+    try:
+        return to_run_config(OmegaConf.create(saved))
+    except ConfigError as e:
+        raise ValueError(
+            f"ckpt={path!r}: its saved run config does not fit this sfpo_lab ({e})"
+        ) from None
+
+
+def _contradiction(key: str, given: Any, run: Any, values: dict[str, Any]) -> bool:
+    ours = values[key]
+    if key == "model":  # the run's model may be named by its path / hub id or model.name
+        return given not in {ours, run.model.name}
+    if key == "tokenizer":  # unset in the run: the model's own tokenizer
+        return given not in {ours, run.model.name_or_path} - {None}
+    if key == "chat":
+        return bool(given) != bool(ours)
+    if key == "toy_warmup_steps":
+        return ours is None or int(given) != int(ours)
+    return str(given) != str(ours)
+
+
+def apply_run(cfg: DictConfig, run: Any, path: str) -> dict[str, tuple[Any, Any]]:
+    """Fill ``cfg``'s unset settings from the run; refuse an identity setting that contradicts
+    it. Returns the validation settings explicitly set to another value: ``{key: (ours, run's)}``."""
+    values = run_values(run)
+    for key in IDENTITY:
+        given = cfg[key]
+        if given is not None and _contradiction(key, given, run, values):
+            raise ValueError(
+                f"{key}={given!r} contradicts the run of ckpt={path!r}, which has "
+                f"{key}={values[key]!r} (model.name={run.model.name!r}); leave {key}= out to "
+                "evaluate the run as it was trained"
+            )
+        if key == "model" or given is None:
+            cfg[key] = values[key]
+    differs = {}
+    for key in VALIDATION:
+        if key == "benchmarks" and cfg.benchmarks is None and cfg.file is not None:
+            continue  # file=... alone: only that file, as without a run
+        given = cfg[key]
+        if given is None:
+            cfg[key] = values[key]
+        elif key != "data_dir" and _differs(given, values[key]):  # a dir moves, data stays
+            differs[key] = (given, values[key])
+    return differs
+
+
+def _differs(given: Any, ours: Any) -> bool:
+    if OmegaConf.is_config(given):
+        given = OmegaConf.to_container(given)
+    if isinstance(ours, float) or isinstance(given, float):
+        return float(given) != float(ours)
+    if isinstance(ours, list):
+        return [given] != ours if isinstance(given, str) else list(given) != ours
+    return given != ours
+
+
+def run_validation(ckpt: dict[str, Any] | None, iteration: int) -> dict[str, float]:
+    """The run's own validation metrics at ``iteration`` as its checkpoint recorded them."""
+    for state in ((ckpt or {}).get("callbacks") or {}).values():
+        if isinstance(state, dict) and isinstance(state.get("history"), list):
+            for row in reversed(state["history"]):
+                if int(row.get("iteration", -1)) == iteration:
+                    return dict(row)
+    return {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -351,3 +351,14 @@ def concat_rollouts(batches: Sequence[RolloutBatch]) -> RolloutBatch:
         pad_token_id=first.pad_token_id,
         logprobs=torch.cat(parts["lp"]) if parts["lp"] else None,
     )
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Ids that end a response: the tokenizer's EOS and the model's ``generation_config`` EOS
+    ids (what vLLM and ``generate`` stop at by default; Qwen chat models list ``<|im_end|>``
+    and ``<|endoftext|>``), without duplicates, the tokenizer's first."""
+    ids = [tokenizer.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids += extra if isinstance(extra, list) else [extra]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))

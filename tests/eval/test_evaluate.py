@@ -160,6 +160,8 @@ def _cfg(*overrides: str):
         (["model=toy", "benchmarks=[math500,nope]"], "benchmarks"),
         (["model=./no/such/dir"], "model"),
         (["model=toy", "ckpt=/no/such.ckpt"], "ckpt"),
+        (["model=toy", "limit=some"], "limit"),
+        (["model=toy", "limit=0"], "limit"),
         (["model=org/name", "benchmarks=[toy]"], "benchmarks"),
         ([], "model"),
     ],
@@ -172,9 +174,11 @@ def test_bad_settings_fail_naming_the_setting(overrides, setting):
 @pytest.mark.slow
 def test_cli_subprocess_with_field_mapped_file(toy_dir, cache_dir, benchmarks_dir, tmp_path):
     """``python -m sfpo_lab.eval`` on the cached toy base: the toy benchmark plus a file in
-    another layout (question / solution with a boxed answer) by field mapping alone."""
+    another layout (question / GSM8K-style solution ending in ``#### n``) by field mapping
+    alone; the quoted override is how a shell passes ``after:####`` through Hydra."""
     held = tmp_path / "held.jsonl"
-    rows = [{"q": f"{a}+{a}", "sol": f"so \\boxed{{{2 * a}}}", "uid": f"h{a}"} for a in range(4)]
+    rows = [{"q": f"{a}+{a}", "sol": f"{a} and {a}: {2 * a}\n#### {2 * a}", "uid": f"h{a}"}
+            for a in range(4)]  # fmt: skip
     held.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     repo = Path(__file__).resolve().parents[2]
@@ -183,8 +187,9 @@ def test_cli_subprocess_with_field_mapped_file(toy_dir, cache_dir, benchmarks_di
     cmd = [
         sys.executable, "-m", "sfpo_lab.eval", "model=toy", f"toy_warmup_steps={WARMUP_STEPS}",
         "benchmarks=[toy]", f"file={held}", "problem_field=q", "answer_field=sol",
-        "answer_extraction=last_boxed", "id_field=uid", "name=held", "n=2", "limit=3",
+        'answer_extraction="after:####"', "id_field=uid", "name=held", "n=2", "limit=3",
         "max_new_tokens=6", "reward_workers=1", f"out={out}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",  # not under the repo's outputs/
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -221,3 +226,52 @@ def test_prompt_plus_response_past_the_context_fails_before_the_model_loads(
 def test_chat_without_a_chat_template_fails_naming_chat(toy_dir):
     with pytest.raises(EvalConfigError, match="^chat=true, but the tokenizer of"):
         load_tokenizer(_cfg(f"model={toy_dir}", "chat=true"), str(toy_dir))
+
+
+# Held-out files written the way public sets write their answers: (rows, extraction, golds).
+FORMATS = {
+    "gsm8k": (
+        [{"question": "3+4", "answer": "3 + 4 = <<3+4=7>>7 eggs.\n#### 7"},
+         {"question": "999+1", "answer": "She pays $<<999+1=1000>>1000.\n#### 1,000"}],
+        "after:####", ["7", "1000"],
+    ),
+    "answer_is": (
+        [{"question": "9+9", "answer": "Nine and nine. The answer is 18."},
+         {"question": "5-7", "answer": "Five minus seven. The answer is -2."}],
+        "regex:answer is (\\S+)", ["18", "-2"],
+    ),
+    "math": (
+        [{"question": "1/2+1/2", "answer": "Adding, $\\boxed{1}$."},
+         {"question": "half", "answer": "It is $\\boxed{\\frac{1}{2}}$."}],
+        "last_boxed", ["1", "\\frac{1}{2}"],
+    ),
+    "number_at_end": (
+        [{"question": "2*3", "answer": "Two threes make 6"},
+         {"question": "1000+250", "answer": "In all 1,250"}],
+        "last_number", ["6", "1250"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_held_out_file_in_each_format_evaluates_by_field_mapping(fmt, toy_dir, tmp_path):
+    """End to end (``run``, as the CLI calls it): golds equal the answers the format marks."""
+    from sfpo_lab.eval.__main__ import run
+
+    rows, extraction, golds = FORMATS[fmt]
+    held = tmp_path / f"{fmt}.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(f"model={toy_dir}", f"file={held}", "problem_field=question",
+               f"answer_extraction={extraction}", "template=toy", "n=1", "max_new_tokens=4",
+               "reward_workers=0", "n_boot=10", f"out={tmp_path / 'out'}")  # fmt: skip
+    del cfg["hydra"]
+    summary = run(cfg)
+    assert list(summary["benchmarks"]) == [fmt]
+    records = _read_records(tmp_path / "out" / f"{fmt}.records.jsonl")
+    assert [r["gold"] for r in records] == golds
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(held.read_text() + json.dumps({"question": "q", "answer": "no answer"}) + "\n")
+    cfg.file = str(bad)
+    with pytest.raises(EvalConfigError) as info:
+        run(cfg)
+    assert str(info.value).startswith(f"{bad}: row 3: answer_extraction={extraction!r} found no")
