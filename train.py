@@ -2,31 +2,36 @@
 
 python train.py                                  # CPU default: SFPO on the toy task
 python train.py -m sfpo.K=3,7 sfpo.alpha=0.3,0.6,1.0
-python train.py model=qwen2.5-math-1.5b data=dapo_math trainer=fsdp
+python train.py experiment=paper_main model=qwen2.5-math-1.5b algorithm=sfpo   # 8 GPUs, vLLM
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sfpo_lab.config import register_schema, to_run_config
+from sfpo_lab.config import ConfigError, register_schema, to_run_config
+from sfpo_lab.rundir import created_by_this_launch, remove_if_empty
 
 register_schema()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    run = to_run_config(cfg)  # typed + validated before any model, data or process exists
-    from sfpo_lab.runner import train  # heavy imports only after the config is known good
-
     try:
-        summary = train(run, OmegaConf.to_container(cfg, resolve=True))
-        write_summary(run.paths.output_dir, summary)
+        run = to_run_config(cfg)  # typed + validated before any model, data or process exists
+        from sfpo_lab.runner import train  # heavy imports only after the config is known good
+
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        out = run.paths.output_dir  # written while the run still holds its run-dir lock
+        summary = train(run, hparams, task_cfg=cfg, finish=lambda s: write_summary(out, s))
+    except ConfigError as err:
+        config_error(err)
     finally:
         # a live W&B run would otherwise be reused by the next multirun job (only a logger
         # that was configured imports wandb: logger=csv runs never need the package)
@@ -34,6 +39,21 @@ def main(cfg: DictConfig) -> float | None:
         if wandb is not None and wandb.run is not None:
             wandb.finish()
     return summary.get("val_avg_last")
+
+
+def config_error(err: ConfigError) -> None:
+    """A config error: one line on stderr, exit code 1, no run dir left by this launch (Hydra
+    made it before the task ran); the whole traceback with ``HYDRA_FULL_ERROR=1``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if created_by_this_launch(out):
+            remove_if_empty(out)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"Error: {err}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def write_summary(output_dir: str, summary: dict) -> None:

@@ -9,6 +9,13 @@ exit code 0, so a requeued job resumes with ``ckpt_path=last``.
 
 Lightning's own SIGTERM handler is replaced while training runs: it stops only at the end of
 an epoch (never, in our one-epoch loop) and issues a collective from inside the handler.
+
+Before training starts (data, model load, warm-up, the iteration-0 validation),
+:class:`EarlySignals` holds the same signals: the run stops at the next step boundary with
+exit code 0 and no checkpoint (nothing was trained), so ``ckpt_path=last`` starts it afresh.
+:class:`FinalValidation` makes the final validation the run's whatever stopped it: a run
+resumed from a checkpoint of its last iteration still validates, and ``last.ckpt`` is saved
+again after a final validation that came after it.
 """
 
 from __future__ import annotations
@@ -34,19 +41,100 @@ class Preempted(SystemExit):
         super().__init__(0)
 
 
+class EarlySignals:
+    """SIGTERM / SIGUSR1 before training: a flag (no I/O in the handler), checked by
+    :meth:`check` between the set-up steps and by :class:`PreemptionCallback` at train start.
+    Use as a context manager (handlers restored at exit; main thread only)."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def __enter__(self) -> EarlySignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
+        self._previous = {}
+
+    def check(self, step: str) -> None:
+        """Leave with exit code 0 if a signal came (before ``step``)."""
+        if self.received is not None:
+            _stop_before_training(signal.Signals(self.received).name, step)
+
+
+def _stop_before_training(what: str, step: str) -> None:
+    rank_zero_info(
+        f"[preemption] {what} before training ({step}): nothing trained, no checkpoint; "
+        "exiting 0 (the same command with ckpt_path=last starts the run again)"
+    )
+    raise Preempted
+
+
+class FinalValidation(L.Callback):
+    """Put after the :class:`IterationCheckpoint`: a run resumed at (or past) ``iterations``
+    stops at once, so that ``on_train_end`` runs its final validation (an empty epoch would
+    loop for ever); ``last.ckpt`` is saved again when that validation came after the
+    iteration's checkpoint, so a finished run's checkpoint holds its final score."""
+
+    def __init__(self, checkpoint: IterationCheckpoint, iterations: int) -> None:
+        self.checkpoint = checkpoint
+        self.iterations = iterations
+        self._saved_before_end: set[str] = set()
+        self._validations = 0
+
+    def _mark(self, trainer: L.Trainer) -> None:
+        self._saved_before_end = set(self.checkpoint.saved)
+        self._validations = _validations(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._mark(trainer)
+        if pl_module.iteration >= self.iterations:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        self._mark(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        name = f"iter-{pl_module.iteration:06d}.ckpt"
+        if name in self._saved_before_end and _validations(trainer) > self._validations:
+            self.checkpoint.save(trainer, name, also_last=True)
+
+
+def _validations(trainer: L.Trainer) -> int:
+    from sfpo_lab.eval.callback import ValidationCallback
+
+    return sum(len(cb.history) for cb in trainer.callbacks if isinstance(cb, ValidationCallback))
+
+
 class PreemptionCallback(L.Callback):
     """Turns SIGTERM / SIGUSR1 into "checkpoint at the next iteration boundary, exit 0".
 
     Args:
         checkpoint: the run's :class:`IterationCheckpoint` (writes the files).
         signals: the signals to handle.
+        early: the :class:`EarlySignals` of the set-up: a signal it caught (or Lightning's
+            SIGTERM flag) stops the run at train start, after the iteration-0 validation.
     """
 
     def __init__(
-        self, checkpoint: IterationCheckpoint, signals: tuple[signal.Signals, ...] = SIGNALS
+        self,
+        checkpoint: IterationCheckpoint,
+        signals: tuple[signal.Signals, ...] = SIGNALS,
+        early: EarlySignals | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.signals = signals
+        self.early = early
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -61,6 +149,12 @@ class PreemptionCallback(L.Callback):
         for sig in self.signals:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
+        early = self.early.received if self.early is not None else None
+        asked = early is not None or trainer.received_sigterm
+        flag = torch.tensor(float(asked), device=pl_module.device)
+        if float(trainer.strategy.reduce(flag, reduce_op="sum")) > 0:  # all ranks alike
+            what = signal.Signals(early).name if early is not None else "SIGTERM"
+            _stop_before_training(what if asked else "a signal on another rank", "train start")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         asked = self.received is not None or trainer.received_sigterm  # Lightning's, at set-up

