@@ -30,6 +30,7 @@ one-line subclass in ``hydra_plugins/sfpo_lab_launcher``; the logic lives here.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -46,9 +47,15 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sfpo_lab.rundir import summary_is_current
+
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+MULTIRUN_SUMMARY_FILE = "multirun_summary.csv"
+TABLE_COLUMNS = (
+    "job", "status", "val_avg_last", "val_avg_best", "stop_step", "train_s", "job_s", "overrides"
+)  # fmt: skip
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # hydra overrides that belong to the sweep, not to the single run a job becomes
 _SWEEP_ONLY = ("hydra.sweep", "hydra.launcher", "hydra.sweeper", "hydra.mode", "hydra.run.dir")
@@ -157,6 +164,7 @@ class TorchrunLauncherBase(Launcher):
         self.preempted: int | None = None  # the signal that stopped the sweep
         self._child: subprocess.Popen | None = None
         self._nproc, self._script = 1, ""
+        self._table: list[dict[str, Any]] = []  # one row per job of this launch
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -172,6 +180,7 @@ class TorchrunLauncherBase(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, one process group each")
         returns: list[JobReturn] = []
+        self._table = []
         previous = {sig: signal.signal(sig, self._forward) for sig in PREEMPT_SIGNALS}
         try:
             for i, overrides in enumerate(job_overrides):
@@ -185,6 +194,8 @@ class TorchrunLauncherBase(Launcher):
                 ret = self._run_one(list(overrides), initial_job_idx + i)
                 if ret is not None:
                     returns.append(ret)
+            if self._table:
+                report_jobs(Path(str(self.config.hydra.sweep.dir)), self._table)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -223,10 +234,18 @@ class TorchrunLauncherBase(Launcher):
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{self._nproc} process(es)]")
         start = time.time() - 1.0  # file systems with coarse mtimes: one second of slack
         rc = self._wait(subprocess.Popen(cmd, env=self._env(), start_new_session=True))
+        # a finished job run again (ckpt_path=last) exits 0 without rewriting its summary
+        done = wrote_summary_since(job_dir, start) or summary_is_current(job_dir, cfg.iterations)
+        status = "stopped" if self.preempted is not None or rc == 0 else f"failed (exit {rc})"
+        if rc == 0 and self.preempted is None:
+            status = "completed" if done else "stopped"
+        self._table.append(
+            job_row(idx, filter_overrides(overrides), job_dir, status, time.time() - start - 1.0)
+        )
         if self.preempted is not None:
             log.info(f"#{idx} stopped by {signal.Signals(self.preempted).name} (exit code {rc})")
             return None  # neither a result nor a failure: the sweep is resumed later
-        if rc == 0 and not wrote_summary_since(job_dir, start):
+        if rc == 0 and not done:
             # a job stopped by a signal sent to it alone checkpoints and exits 0 without a
             # result: not completed, resumed with the sweep (ckpt_path=last)
             log.info(f"#{idx} exited 0 without writing {SUMMARY_FILE}: stopped, not completed")
@@ -287,3 +306,69 @@ def training_processes(agent_pid: int, script: str) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def job_row(
+    idx: int, overrides: Sequence[str], job_dir: Path, status: str, job_s: float
+) -> dict[str, Any]:
+    """One line of the multirun table: the job's result from its ``summary.json`` (final
+    ``val/avg``, trigger step, training seconds) and its best ``val/avg`` from ``metrics.csv``."""
+    summary: dict[str, Any] = {}
+    if status == "completed":
+        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+            summary = json.loads((job_dir / SUMMARY_FILE).read_text()).get("summary") or {}
+    return {
+        "job": idx,
+        "status": status,
+        "val_avg_last": summary.get("val_avg_last"),
+        "val_avg_best": best_val_avg(job_dir) if summary else None,
+        "stop_step": summary.get("stop_step"),
+        "train_s": summary.get("wall_clock_s"),
+        "job_s": round(job_s, 1),
+        "overrides": " ".join(overrides),
+    }
+
+
+def best_val_avg(job_dir: Path) -> float | None:
+    """The highest ``val/avg`` in the job's ``metrics.csv`` (None without validations)."""
+    from sfpo_lab.plot import METRICS_FILE, read_metrics
+
+    path = job_dir / METRICS_FILE
+    values = read_metrics(path).get("val/avg", ([], []))[1] if path.is_file() else []
+    return max(values) if values else None
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as an aligned text table (numbers to one decimal, ``-`` for none); the
+    overrides every job shares are left out (the CSV keeps them)."""
+    given = [str(row["overrides"]).split() for row in rows]
+    common = set.intersection(*map(set, given)) if len(rows) > 1 else set()
+    shown = [
+        {**row, "overrides": " ".join(o for o in g if o not in common)}
+        for row, g in zip(rows, given, strict=True)
+    ]
+    cells = [list(TABLE_COLUMNS)] + [[_cell(row[c]) for c in TABLE_COLUMNS] for row in shown]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def report_jobs(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Print the multirun table and write it to ``<sweep dir>/multirun_summary.csv``."""
+    path = sweep_dir / MULTIRUN_SUMMARY_FILE
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    print(f"\n[multirun] {len(rows)} job(s) in {sweep_dir}\n{format_table(rows)}\n-> {path}")
+    return path

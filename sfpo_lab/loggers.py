@@ -6,15 +6,24 @@ its header, and on resume drops only rows logged after the checkpoint's iteratio
 that the resume redoes), so the file stays one row set per iteration. Every rewrite goes
 through a temporary file and a rename: a kill at any moment leaves the old file or the new
 one, never a truncated history (Lightning rewrites the file in place when a new key appears).
+
+:func:`build_loggers` makes the run's logger list; a W&B logger continues the run dir's W&B run.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+from sfpo_lab.config import ConfigError
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -73,3 +82,63 @@ class KeepingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+WANDB_ID_FILE = "wandb_id.txt"
+_ID_CHARS = string.ascii_lowercase + string.digits
+
+
+def build_loggers(logger_cfg: dict[str, Any], output_dir: str) -> list[Logger]:
+    """The run's Lightning loggers from ``run.logger`` (Hydra ``_target_`` dicts; empty ones
+    skipped). A W&B logger gets the run id stored in ``<output_dir>/wandb_id.txt`` (written at
+    the first start, rank 0) and ``resume="allow"``, so a resumed run (``ckpt_path=last``)
+    continues the same W&B run instead of starting a second one. Under a W&B sweep agent
+    (``WANDB_SWEEP_ID`` / ``WANDB_RUN_ID`` set) the agent's id is left to W&B.
+
+    Raises:
+        ConfigError: a W&B logger config that sets ``id`` or ``resume`` itself (the run dir
+            owns the id; two sources could disagree).
+    """
+    from hydra.utils import instantiate
+
+    loggers = []
+    for name, cfg in logger_cfg.items():
+        if not cfg:
+            continue
+        if str(cfg.get("_target_", "")).endswith("WandbLogger"):
+            cfg = _with_wandb_id(name, dict(cfg), Path(output_dir))
+        loggers.append(instantiate(cfg))
+    return loggers
+
+
+def _with_wandb_id(name: str, cfg: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    for key in ("id", "resume", "version"):
+        if cfg.get(key) is not None:
+            raise ConfigError(
+                f"logger.{name}.{key}={cfg[key]!r}: the W&B run id comes from "
+                f"{output_dir / WANDB_ID_FILE} (one run per run dir); remove logger.{name}.{key}"
+            )
+    if os.environ.get("WANDB_RUN_ID") or os.environ.get("WANDB_SWEEP_ID"):
+        return cfg  # a W&B sweep agent (or the user) chose this run's id: W&B reads it itself
+    return {**cfg, "id": wandb_run_id(output_dir), "resume": "allow"}
+
+
+def wandb_run_id(output_dir: Path) -> str | None:
+    """The run dir's W&B id: read from ``wandb_id.txt``, or made and written there (rank 0).
+
+    Other ranks never start a W&B run (Lightning's ``rank_zero_experiment``); they get the
+    stored id when it exists and ``None`` otherwise, and never write.
+    """
+    path = Path(output_dir) / WANDB_ID_FILE
+    if path.is_file():
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    if rank_zero_only.rank != 0:
+        return None
+    run_id = "".join(secrets.choice(_ID_CHARS) for _ in range(8))  # W&B's own id format
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp.{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
+    return run_id

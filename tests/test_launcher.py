@@ -19,11 +19,15 @@ from omegaconf import OmegaConf
 
 from sfpo_lab.config import register_schema
 from sfpo_lab.launcher import (
+    MULTIRUN_SUMMARY_FILE,
     config_flags,
+    format_table,
     hydra_passthrough,
     job_command,
     job_processes,
+    job_row,
     read_return_value,
+    report_jobs,
     wrote_summary_since,
 )
 
@@ -103,6 +107,51 @@ def test_return_value_is_read_from_the_job_summary(tmp_path):
     assert read_return_value(tmp_path) is None
 
 
+def _fake_job(job_dir: Path, last: float, vals: list[float], stop: int | None) -> Path:
+    """A finished job's files as train.py leaves them: summary.json and metrics.csv."""
+    job_dir.mkdir(parents=True)
+    summary = {"val_avg_last": last, "stop_step": stop, "wall_clock_s": 12.5}
+    (job_dir / "summary.json").write_text(json.dumps({"return_value": last, "summary": summary}))
+    rows = ["step,train/reward,val/avg"] + [f"{i},,{v}" for i, v in enumerate(vals)]
+    rows.insert(2, "1,0.5,")  # an iteration row between two validations
+    (job_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+    return job_dir
+
+
+def test_multirun_table_and_csv_from_the_jobs_summaries(tmp_path, capsys):
+    a = _fake_job(tmp_path / "0", 31.25, [16.0, 40.5, 31.25], 12)
+    b = _fake_job(tmp_path / "1", 20.0, [18.0, 20.0], None)
+    rows = [
+        job_row(0, ["sfpo.K=3", "sfpo.alpha=0.3", "seed=0"], a, "completed", 61.04),
+        job_row(1, ["sfpo.K=7", "sfpo.alpha=0.3", "seed=0"], b, "completed", 70.0),
+        job_row(
+            2, ["sfpo.K=3", "sfpo.alpha=0.6", "seed=0"], tmp_path / "2", "failed (exit 1)", 3.0
+        ),
+    ]
+    path = report_jobs(tmp_path, rows)
+    assert path == tmp_path / MULTIRUN_SUMMARY_FILE
+    got = list(csv.DictReader(path.open()))
+    assert [
+        (r["job"], r["status"], r["val_avg_last"], r["val_avg_best"], r["stop_step"]) for r in got
+    ] == [
+        ("0", "completed", "31.25", "40.5", "12"),
+        ("1", "completed", "20.0", "20.0", ""),
+        ("2", "failed (exit 1)", "", "", ""),
+    ]
+    assert [(r["train_s"], r["job_s"], r["overrides"]) for r in got][0] == (
+        "12.5",
+        "61.0",
+        "sfpo.K=3 sfpo.alpha=0.3 seed=0",
+    )
+    assert format_table(rows).splitlines() == [
+        "job  status           val_avg_last  val_avg_best  stop_step  train_s  job_s  overrides",
+        "0    completed        31.2          40.5          12         12.5     61.0   sfpo.K=3 sfpo.alpha=0.3",
+        "1    completed        20.0          20.0          -          12.5     70.0   sfpo.K=7 sfpo.alpha=0.3",
+        "2    failed (exit 1)  -             -             -          -        3.0    sfpo.K=3 sfpo.alpha=0.6",
+    ]
+    assert format_table(rows) in capsys.readouterr().out
+
+
 def test_a_summary_counts_only_when_this_launch_wrote_it(tmp_path):
     """A job that exits 0 without a summary (stopped by a signal sent to it alone) is not
     completed, and an earlier launch's summary is neither deleted nor taken for this one's."""
@@ -178,6 +227,11 @@ def test_users_sweep_runs_six_jobs_each_with_metrics_and_wandb_run(tmp_path):
         assert list((job / "wandb").glob("offline-run-*/run-*.wandb")), f"no W&B run in {job}"
         assert isinstance(read_return_value(job), float)
     assert seen == {(k, a) for k in (3, 7) for a in (0.3, 0.6, 1.0)}
+    table = list(csv.DictReader((tmp_path / "sweep" / MULTIRUN_SUMMARY_FILE).open()))
+    assert [r["status"] for r in table] == ["completed"] * 6
+    assert [r["val_avg_last"] for r in table] == [str(read_return_value(j)) for j in jobs]
+    cells = {tuple(w for w in r["overrides"].split() if w.startswith("sfpo.")) for r in table}
+    assert cells == {(f"sfpo.K={k}", f"sfpo.alpha={a}") for k in (3, 7) for a in (0.3, 0.6, 1.0)}
 
 
 @pytest.mark.slow
@@ -228,9 +282,45 @@ def test_preempted_sweep_stops_and_the_same_command_resumes_it(tmp_path, devices
     assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-4000:]
     assert not (tmp_path / "sweep" / "1").exists(), "a job was started after the signal"
     stopped_at = _last_iteration(first)
-    assert 1 <= stopped_at < 4 and (first / "last.ckpt").is_file()
+    assert 1 <= stopped_at < 4 and (first / "last.ckpt").exists()  # a file, or a link to shards
     assert not (first / "summary.json").exists()
     _multirun(tmp_path, *over)
     for job in _job_dirs(tmp_path / "sweep"):
         assert _last_iteration(job) == 4
         assert json.loads((job / "summary.json").read_text())["summary"]["iterations"] == 4
+
+
+@pytest.mark.slow
+def test_help_lists_every_config_group_with_its_options_and_the_common_overrides():
+    """`python train.py --help` (the sfpo help template; `hydra/help=sfpo` also works once
+    conf/train.yaml selects it)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "hydra/help=sfpo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    groups = sorted(
+        str(d.relative_to(CONF))
+        for d in CONF.rglob("*")
+        if d.is_dir() and not str(d.relative_to(CONF)).startswith("hydra")
+    )
+    assert len(groups) >= 12
+    for group in groups:
+        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in lines, group
+    for override in (
+        "experiment=",
+        "model=",
+        "algorithm=",
+        "loss=",
+        "sfpo.K=",
+        "sfpo.alpha=",
+        "iterations=",
+        "ckpt_path=last",
+        "-m",
+    ):
+        assert any(word.startswith(override) for word in proc.stdout.split()), override
+    assert "${" not in proc.stdout  # every interpolation of the template resolved
