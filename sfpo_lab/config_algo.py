@@ -55,11 +55,25 @@ class SFPOConfig:
     entropy_control: EntropyControlConfig = field(default_factory=EntropyControlConfig)
     decay: str = "zero"  # what alpha does after the trigger: "zero" | "linear"
     decay_steps: int = 0  # iterations of the linear decay
+    # inner-loop settings (docs/algorithm.md "Inner-loop settings"); defaults = the authors'
+    # optimizer state after Stage I: keep (moments run on) | reset | restore_theta0
+    optimizer_state_after_fast: str = "keep"
+    # old log-probs of the slow step's ratio: theta0 (rollout-time) | recompute (at theta~)
+    slow_old_logprobs: str = "theta0"
+    # LR scheduler steps: per_batch (one per rollout batch) | per_step (one per optimizer step)
+    lr_schedule: str = "per_batch"
 
     def __post_init__(self) -> None:
         _check(self.K >= 0, "sfpo.K", self.K, "an integer >= 0")
         _check(0.0 <= self.alpha <= 1.0, "sfpo.alpha", self.alpha, "a float in [0, 1]")
         _choice("sfpo.decay", self.decay, ("zero", "linear"))
+        _choice(
+            "sfpo.optimizer_state_after_fast",
+            self.optimizer_state_after_fast,
+            ("keep", "reset", "restore_theta0"),
+        )
+        _choice("sfpo.slow_old_logprobs", self.slow_old_logprobs, ("theta0", "recompute"))
+        _choice("sfpo.lr_schedule", self.lr_schedule, ("per_batch", "per_step"))
         if self.decay == "linear":
             _check(self.decay_steps >= 1, "sfpo.decay_steps", self.decay_steps, ">= 1 with linear")
 

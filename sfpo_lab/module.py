@@ -6,9 +6,7 @@ SFPO, 1 for GRPO), so iteration counters, schedules and logging here count rollo
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import asdict
 from typing import Any
@@ -19,71 +17,22 @@ from torch import Tensor
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
 from sfpo_lab.config import RunConfig
+
+# re-exported: tests and integrations import these from here
+from sfpo_lab.iteration import (  # noqa: F401
+    lr_factor,
+    phase_metrics,
+    scheduler_steps_per_batch,
+    select_entropy,
+    sfpo_iteration,
+)
 from sfpo_lab.models import build_causal_lm
-from sfpo_lab.rollout.base import RolloutEngine, derive_seed
+from sfpo_lab.perf import StageMemory
+from sfpo_lab.rollout.base import RolloutEngine, derive_seed, stop_token_ids
 from sfpo_lab.rollout.hf import HFEngine
 from sfpo_lab.rollout.sync import push_full_weights
 from sfpo_lab.runtime import nonfinite_params, peak_memory_gb, rng_state, set_rng_state
-from sfpo_lab.stages import ExperienceMaker, UpdatePass
-
-
-def sfpo_iteration(
-    sfpo: SFPO, update_pass: Callable[[], dict[str, float]]
-) -> tuple[dict[str, float], dict[str, float], dict[str, float], list[dict[str, float]]]:
-    """One SFPO iteration (Alg. 1) on a fixed rollout batch.
-
-    Returns:
-        ``(fast, slow, end, passes)``: Stage I and Stage III pass metrics (means over their
-        passes), the engine's ``end()`` stats, and every update pass's metrics in order.
-    """
-    passes: list[dict[str, float]] = []
-
-    def update() -> dict[str, float]:
-        passes.append(update_pass())
-        return passes[-1]
-
-    sfpo.begin()  # snapshot theta0 (one copy of the local shards) iff alpha > 0
-    # Stage I — fast trajectory: K full update passes on the same rollout batch
-    fast = sfpo.fast(update)
-    # Stage II — reposition: theta <- theta0 + alpha (theta_K - theta0), in place
-    sfpo.reposition()
-    # Stage III — slow correction: one more pass at the repositioned point (plain GRPO when
-    # alpha = 0: this is the only update)
-    slow = sfpo.slow(update)
-    # end(): theta0 comes back if the iteration left a NaN/inf in the weights
-    return fast, slow, sfpo.end(), passes
-
-
-def select_entropy(
-    source: str, rollout_metrics: dict[str, float], passes: list[dict[str, float]]
-) -> float:
-    """H_s for the entropy trigger (Alg. 1) of one iteration.
-
-    Args:
-        source: ``"update"`` (authors' code: ``actor/entropy_loss`` of the iteration's last
-            update pass, i.e. the slow step's training forward, mean over its micro-batches;
-            without slow correction the K-th fast pass, after the trigger the GRPO pass) or
-            ``"rollout"`` (the no-grad pass at theta0 over the rollout batch).
-        rollout_metrics: the experience metrics; ``"train/entropy"`` is the rollout-pass H_s.
-        passes: the metrics of every update pass of the iteration, in order; each holds
-            ``"entropy"`` (masked token-mean over the pass, averaged over ranks).
-
-    Returns:
-        H_s; NaN (ignored by the trigger) when ``source="update"`` and no pass ran (K = 0
-        without slow correction updates nothing).
-    """
-    if source == "rollout":
-        return float(rollout_metrics["train/entropy"])
-    if source != "update":
-        raise ValueError(f"sfpo.entropy_control.source={source!r}: use 'update' or 'rollout'")
-    if not passes:
-        return math.nan
-    if "entropy" not in passes[-1]:
-        raise RuntimeError(
-            "sfpo.entropy_control.source='update' needs the update pass's token entropy, but "
-            "UpdatePass returned none; use sfpo.entropy_control.source=rollout"
-        )
-    return float(passes[-1]["entropy"])
+from sfpo_lab.stages import ExperienceMaker, UpdatePass, recompute_old_logprobs
 
 
 class SFPOModule(L.LightningModule):
@@ -124,30 +73,35 @@ class SFPOModule(L.LightningModule):
             return
         run = self.run_cfg
         self.policy = build_causal_lm(self.model_path, dtype=run.model.dtype).train()
+        # every engine stops at the tokenizer's EOS and the generation config's (vLLM's default)
+        self.stop_ids = stop_token_ids(self.policy, self.tokenizer)
         if run.model.activation_checkpointing:
             self.policy.gradient_checkpointing_enable()
-        if run.loss.kl_coef > 0:
-            self.ref_policy = deepcopy(self.policy).eval().requires_grad_(False)
         sharded = run.trainer.strategy == "fsdp"
+        if run.loss.kl_coef > 0 and not sharded:
+            self.ref_policy = deepcopy(self.policy).eval().requires_grad_(False)
         # Under FSDP2 the HF engine generates with a full copy refreshed once per iteration
         # (never a per-token all-gather); otherwise with the policy itself. vLLM always holds
         # its own copy, started from the same weights, refreshed the same way.
         vllm = run.rollout.engine == "vllm"
         gen_copy = self._generation_copy() if sharded and not vllm else None
         if sharded:
-            from sfpo_lab.parallel import mixed_precision_policy, shard_fsdp2
+            from sfpo_lab.parallel import mixed_precision_policy, shard_fsdp2, shard_reference
 
-            shard_fsdp2(self.policy, self.device_mesh, mixed_precision_policy(run))
+            mp = mixed_precision_policy(run)
+            if run.loss.kl_coef > 0:  # 1/world of the reference per rank, like the policy
+                self.ref_policy = shard_reference(self.policy, self.device_mesh, mp)
+            shard_fsdp2(self.policy, self.device_mesh, mp)
         tok = self.tokenizer
         if vllm:
             self.engine = self._vllm_engine()
         elif gen_copy is None:
-            self.engine = HFEngine(self.policy, tok.pad_token_id, tok.eos_token_id)
+            self.engine = HFEngine(self.policy, tok.pad_token_id, self.stop_ids)
         else:
             self.engine = HFEngine(
                 gen_copy,
                 tok.pad_token_id,
-                tok.eos_token_id,
+                self.stop_ids,
                 owns_model=True,
                 device=self.trainer.strategy.root_device,
             )
@@ -186,11 +140,13 @@ class SFPOModule(L.LightningModule):
         return VLLMEngine(
             self.model_path,
             tok.pad_token_id,
-            tok.eos_token_id,
+            self.stop_ids,
             max_model_len=v.max_model_len or run.data.max_prompt_len + longest,
             dtype=v.dtype or str(compute_dtype(run)).removeprefix("torch."),
-            seed=derive_seed(run.seed, self.global_rank),
+            # one start seed per model replica: the ranks of a TP group must sample alike
+            seed=derive_seed(run.seed, self.global_rank // v.tensor_parallel_size),
             device=self.trainer.strategy.root_device,
+            tensor_parallel_size=v.tensor_parallel_size,
             gpu_memory_utilization=v.gpu_memory_utilization,
             enable_sleep_mode=v.enable_sleep_mode,
             sleep_level=v.sleep_level,
@@ -216,15 +172,9 @@ class SFPOModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
         return [opt], [sched]
 
-    def _lr_factor(self, it: int) -> float:
-        o, total = self.run_cfg.optim, self.run_cfg.iterations
-        if o.warmup_iterations and it < o.warmup_iterations:
-            return (it + 1) / o.warmup_iterations
-        if o.scheduler == "constant":
-            return 1.0
-        frac = min(1.0, (it - o.warmup_iterations) / max(1, total - o.warmup_iterations))
-        decay = 0.5 * (1 + math.cos(math.pi * frac)) if o.scheduler == "cosine" else 1 - frac
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
+    def _lr_factor(self, step: int) -> float:
+        run = self.run_cfg
+        return lr_factor(step, run.optim, run.iterations, scheduler_steps_per_batch(run))
 
     def on_train_start(self) -> None:
         self.ensure_ready()
@@ -247,6 +197,7 @@ class SFPOModule(L.LightningModule):
             trigger=trigger,
             decay=s.decay,
             decay_steps=s.decay_steps,
+            optimizer_state=s.optimizer_state_after_fast,  # applied in reposition()
         )
         if "sfpo" in self._pending:
             self.sfpo.load_state_dict(self._pending.pop("sfpo"))
@@ -254,20 +205,30 @@ class SFPOModule(L.LightningModule):
             set_rng_state(self._pending.pop("rng"))
         self.maker = ExperienceMaker(self)
         self.updater = UpdatePass(self)
+        self.stage_mem = StageMemory(self.device)
 
     # ------------------------------------------------------------------ one RL iteration
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
         t_start = time.perf_counter()
+        self.stage_mem.clear()
         exp, metrics = self.maker(batch)  # rollouts, rewards, advantages, log-probs at theta0
         t_update = time.perf_counter()
-        fast, slow, engine, passes = sfpo_iteration(self.sfpo, lambda: self.updater(exp))
+        s = self.run_cfg.sfpo
+        recompute = s.slow_old_logprobs == "recompute"
+        fast, slow, engine, passes = sfpo_iteration(
+            self.sfpo,
+            lambda: self.updater(exp),
+            (lambda: recompute_old_logprobs(self, exp)) if recompute else None,
+            mem=self.stage_mem,
+        )
         metrics.update(self._stage_metrics(fast, slow, engine))
         metrics["perf/update_s"] = time.perf_counter() - t_update
         # entropy trigger: H_s of iteration s decides whether s + 1 still runs SFPO (Alg. 1)
         h_s = select_entropy(self.run_cfg.sfpo.entropy_control.source, metrics, passes)
         metrics["train/entropy_update"] = passes[-1].get("entropy") if passes else None
         metrics.update(self._sfpo_metrics(self.sfpo.observe_entropy(h_s)))
-        self.lr_schedulers().step()
+        if s.lr_schedule == "per_batch":  # per_step: UpdatePass stepped it after each update
+            self.lr_schedulers().step()
         self._finish_iteration(metrics, t_start, len(exp))
 
     def _stage_metrics(self, fast: dict, slow: dict, engine: dict) -> dict[str, float]:
@@ -285,6 +246,7 @@ class SFPOModule(L.LightningModule):
         for key in ("fast_steps", "reposition_s", "snapshot_bytes", "restored_theta0"):
             if key in engine:
                 out[f"sfpo/{key}"] = float(engine[key])
+        out.update(phase_metrics(fast, slow, engine))
         return out
 
     def _count_restore(self, restored: bool) -> None:
@@ -321,6 +283,7 @@ class SFPOModule(L.LightningModule):
             {
                 "perf/step_s": step_s,
                 "perf/peak_mem_gb": peak_memory_gb(self.device),
+                **self.stage_mem.metrics(),  # perf/mem/<stage> (GiB)
                 "train/rollouts": float(self.rollouts),
                 "train/wall_clock_s": self.wall_clock_s,
                 "train/lr": self.optimizers().optimizer.param_groups[0]["lr"],
@@ -374,8 +337,8 @@ class SFPOModule(L.LightningModule):
             "consecutive_restores": self.consecutive_restores,
         }
         checkpoint["sfpo_rng"] = rng_state()
-        # the whole config that made this state (Hydra rewrites .hydra/config.yaml on every
-        # launch into the run dir; this copy is never lost) and is checked again on resume
+        # the whole config that made this state, kept with the weights (the run dir's
+        # .hydra/config.yaml is the run's first launch) and checked again on resume
         checkpoint["sfpo_config"] = {"model": self.run_cfg.model.name, "run": asdict(self.run_cfg)}
 
     def _refuse_nonfinite_weights(self) -> None:

@@ -69,8 +69,11 @@ def nonfinite_params(model: nn.Module) -> list[str]:
 
 
 def peak_memory_gb(device: torch.device) -> float:
-    """Peak allocated CUDA memory, or the process's peak RSS on CPU."""
+    """Peak allocated CUDA memory since start (across :mod:`sfpo_lab.perf`'s per-stage
+    resets), or the process's peak RSS on CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        from sfpo_lab.perf import cuda_peak_since_start
+
+        return cuda_peak_since_start(device) / 2**30
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (2**30 if sys.platform == "darwin" else 2**20)

@@ -33,6 +33,7 @@ from sfpo_lab.experience import (
     response_logprobs,
 )
 from sfpo_lab.packing import MicroBatch, micro_batches
+from sfpo_lab.perf import NO_STAGES
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rewards.reward import compute_rewards
 from sfpo_lab.rollout.base import SamplingParams, concat_rollouts, derive_seed
@@ -63,6 +64,32 @@ def _micro_batching(module: SFPOModule) -> dict[str, Any]:
         "remove_padding": u.remove_padding,
         "reduce_max": reduce_max if module.trainer.world_size > 1 else None,
     }
+
+
+def _logprob_kwargs(module: SFPOModule) -> dict[str, Any]:
+    """Micro-batching and log-prob settings of every no-grad log-prob pass."""
+    u = module.run_cfg.update
+    return _micro_batching(module) | {
+        "chunk_tokens": u.logits_chunk_tokens,
+        "fused": u.fused_lm_head,
+    }
+
+
+def recompute_old_logprobs(module: SFPOModule, exp: Experience) -> dict[str, float]:
+    """``sfpo.slow_old_logprobs=recompute``: the slow step's old log-probs become those at the
+    repositioned point theta~ (a no-grad pass, micro-batched as at theta0).
+
+    Replaces ``exp.old_logprobs`` ([N, R]) in place and returns ``kl_theta0``: the k1 estimate
+    of KL(pi_theta0 || pi_theta~), masked token mean of old - new over all ranks."""
+    t_b = module.run_cfg.rollout.temperature
+    new, _ = response_logprobs(module.policy, exp, t_b, **_logprob_kwargs(module))
+    if hasattr(module.policy, "reshard"):
+        module.policy.reshard()
+    mask = exp.response_mask.float()
+    diff = _sum(module, ((exp.old_logprobs - new) * mask).sum())
+    n_tok = _sum(module, mask.sum())
+    exp.old_logprobs = new
+    return {"kl_theta0": diff / n_tok if n_tok else math.nan}
 
 
 class ExperienceMaker:
@@ -111,8 +138,10 @@ class ExperienceMaker:
     def __call__(self, batch: dict[str, list]) -> tuple[Experience, dict[str, float]]:
         m, run = self.m, self.m.run_cfg
         t0 = time.perf_counter()
-        sync_s = m.sync_engine()
-        ro = self.generate(self.encode(batch["problems"]), self.params)
+        mem = getattr(m, "stage_mem", NO_STAGES)  # perf/mem/<stage>
+        with mem.stage("rollout"):  # weight push + generation
+            sync_s = m.sync_engine()
+            ro = self.generate(self.encode(batch["problems"]), self.params)
         t1 = time.perf_counter()
         texts = ro.decode_responses(m.tokenizer)
         golds = [a for a in batch["answers"] for _ in range(run.rollout.n)]
@@ -129,16 +158,16 @@ class ExperienceMaker:
         )
         exp = exp.to(m.device)
         t_b = run.rollout.temperature
-        kw = _micro_batching(m) | {
-            "chunk_tokens": run.update.logits_chunk_tokens,
-            "fused": run.update.fused_lm_head,
-        }
-        exp.old_logprobs, entropy = response_logprobs(m.policy, exp, t_b, with_entropy=True, **kw)
-        exp.old_logprobs, lp_metrics = old_logprobs_policy(
-            run.rollout.logprobs, exp.old_logprobs, ro.logprobs, exp.response_mask
-        )
-        if m.ref_policy is not None:
-            exp.ref_logprobs, _ = response_logprobs(m.ref_policy, exp, t_b, **kw)
+        kw = _logprob_kwargs(m)
+        with mem.stage("logprobs"):  # old (and reference) log-probs at theta0
+            exp.old_logprobs, entropy = response_logprobs(
+                m.policy, exp, t_b, with_entropy=True, **kw
+            )
+            exp.old_logprobs, lp_metrics = old_logprobs_policy(
+                run.rollout.logprobs, exp.old_logprobs, ro.logprobs, exp.response_mask
+            )
+            if m.ref_policy is not None:
+                exp.ref_logprobs, _ = response_logprobs(m.ref_policy, exp, t_b, **kw)
         if hasattr(m.policy, "reshard"):
             m.policy.reshard()  # FSDP2 leaves the root unsharded after a no_grad forward
         mask = exp.response_mask.float()
@@ -169,7 +198,9 @@ class UpdatePass:
     Micro-batches come from :func:`sfpo_lab.packing.micro_batches` (fixed rows or a token
     budget, padded or packed); the stats key ``entropy`` is the mean over the pass's
     micro-batches (all ranks) of each one's masked token-mean entropy (verl
-    ``actor/entropy_loss``), the H_s of ``sfpo.entropy_control.source=update``.
+    ``actor/entropy_loss``), the H_s of ``sfpo.entropy_control.source=update``; ``ppo_kl_first``
+    is the first mini-batch's ``ppo_kl`` (taken before any step of the pass). With
+    ``sfpo.lr_schedule=per_step`` the LR scheduler steps after every optimizer step.
     """
 
     def __init__(self, module: SFPOModule) -> None:
@@ -183,8 +214,10 @@ class UpdatePass:
         totals: dict[str, float] = {}
         self._entropies: list[float] = []
         minis = list(exp.split(len(exp) // run.update.ppo_mini_batches))
-        for mini in minis:
+        for i, mini in enumerate(minis):
             stats = self._mini_batch_step(opt, mini)
+            if i == 0 and "ppo_kl" in stats:
+                totals["ppo_kl_first"] = stats["ppo_kl"]
             for k, v in stats.items():
                 w = 1.0 if k == "skipped_steps" else 1.0 / len(minis)
                 totals[k] = totals.get(k, 0.0) + v * w
@@ -226,6 +259,8 @@ class UpdatePass:
         stats["grad_norm"] = grad_norm
         if finite:
             opt.step()
+            if run.sfpo.lr_schedule == "per_step":
+                m.lr_schedulers().step()
             m.consecutive_skips = 0
         else:
             m.consecutive_skips += 1  # on the module: checkpointed with the other counters

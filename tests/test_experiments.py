@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from analysis.identity import effective_config, identity
 from sfpo_lab.config import ConfigError, RunConfig, register_schema, to_run_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -24,6 +25,11 @@ NAMES = [
     "memory_profile",
 ]
 MINI = {"paper_main_mini"}  # paper_main on CPU with only scale leaves changed (no toy twin)
+TOY_ONLY = {"toy/inner_loop"}  # beyond the paper, CPU only (docs/algorithm.md): no paper twin
+# grids not yet split (file not owned by the analysis helper): GRPO x slow_correction on/off
+# gives one replica per seed. Fix: `algorithm: sfpo` in its hydra.sweeper.params (the GRPO
+# baseline = paper_main's GRPO runs, the same config), then remove the entry.
+PENDING_DUPLICATES: dict[str, int] = {}
 ALL = sorted(p.relative_to(EXP).with_suffix("").as_posix() for p in EXP.rglob("*.yaml"))
 ALGORITHMS = sorted(p.stem for p in (CONF / "algorithm").glob("*.yaml"))
 register_schema()
@@ -54,7 +60,8 @@ def _run(name: str, extra: list[str]) -> RunConfig:
 def test_every_experiment_has_a_toy_twin():
     assert set(NAMES) <= set(ALL)
     assert {f"toy/{n}" for n in NAMES} <= set(ALL)
-    assert set(ALL) <= set(NAMES) | {f"toy/{n}" for n in NAMES} | MINI, "unexpected experiment"
+    known = set(NAMES) | {f"toy/{n}" for n in NAMES} | MINI | TOY_ONLY
+    assert set(ALL) <= known, "unexpected experiment"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -66,10 +73,16 @@ def test_experiment_is_global_and_composes(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_every_grid_point_validates(name):
+def test_every_grid_point_validates_and_no_two_are_the_same_run(name):
+    """Each cell composes and validates, and no two cells have the same effective config and
+    seed (analysis.identity: e.g. GRPO crossed with slow_correction gives replicas)."""
     grid = _grid(name)
+    cells: dict[tuple[str, int], list[str]] = {}
     for over in grid:
-        run = _run(name, over)
+        composed = _compose([f"experiment={name}", "paths.output_dir=/tmp/x", *over])
+        run = to_run_config(composed)
+        tree = OmegaConf.to_container(composed, resolve=True)
+        cells.setdefault((identity(effective_config(tree)), tree["seed"]), []).append(over)
         for item in over:  # each swept value reached the typed config
             key, value = item.split("=", 1)
             if key == "model":
@@ -77,6 +90,8 @@ def test_every_grid_point_validates(name):
             else:
                 got = OmegaConf.select(OmegaConf.structured(run), key)
                 assert str(got).lower() == value.lower() or float(got) == float(value), item
+    duplicates = [c for c in cells.values() if len(c) > 1]
+    assert len(grid) - len(cells) == PENDING_DUPLICATES.get(name, 0), duplicates
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n.startswith("toy/")])

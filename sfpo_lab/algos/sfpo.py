@@ -7,9 +7,10 @@ One SFPO iteration s on a fixed rollout batch, wrapped around any ``torch.optim`
     Stage III - slow correction: one more ordinary update from theta~                    (Eq. 9)
 
 For SGD the three stages collapse to theta_{s+1} = theta0 - eta [alpha sum_k grad L(theta_k)
-+ grad L(theta~)] (Eq. 12). The engine never touches the optimizer's state (Adam moments and
-step counts run on through all stages, as in the authors' code) and keeps exactly one extra
-copy of the parameters: theta0. The fast weights are the live parameters, and Stage II is
++ grad L(theta~)] (Eq. 12). By default the engine never touches the optimizer's state (Adam
+moments and step counts run on through all stages, as in the authors' code;
+``optimizer_state="reset" | "restore_theta0"`` change that at the reposition) and keeps exactly
+one extra copy of the parameters: theta0. The fast weights are the live parameters, and Stage II is
 an in-place ``lerp`` toward theta0 (the authors clone slow *and* fast weights).
 
 ``step(closure)`` / ``step(update=fn)`` runs a whole iteration; ``begin()``, ``fast(fn)``,
@@ -22,6 +23,7 @@ theta0 is a per-rank shard copy and no collective is issued except one tiny all-
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -36,6 +38,9 @@ from sfpo_lab.algos.trigger import EntropyTrigger
 __all__ = ["SFPO", "EntropyTrigger"]
 
 DECAYS = ("zero", "linear")
+# what the optimizer state is after Stage I: "keep" (moments run on; authors), "reset" (fresh
+# state, as a new optimizer), "restore_theta0" (the state as it was at theta0; GXPO probes)
+OPTIMIZER_STATES = ("keep", "reset", "restore_theta0")
 
 
 class SFPO:
@@ -54,6 +59,11 @@ class SFPO:
         before_step: optional hook called between ``closure()`` and ``optimizer.step()``
             (e.g. gradient clipping); returning ``False`` skips that optimizer step.
         params: tensors to snapshot/reposition; default: every param of the optimizer.
+        optimizer_state: the optimizer's state after Stage I, set in :meth:`reposition`:
+            ``"keep"`` (authors), ``"reset"`` (emptied: the slow step starts moments and step
+            counts afresh) or ``"restore_theta0"`` (a copy taken in :meth:`begin`; one more
+            copy of the optimizer state is held during the iteration). Iterations with
+            alpha = 0 have no Stage I and leave the state alone.
     """
 
     def __init__(
@@ -68,8 +78,15 @@ class SFPO:
         *,
         before_step: Callable[[], bool | None] | None = None,
         params: Iterable[Tensor] | None = None,
+        optimizer_state: str = "keep",
     ) -> None:
         _validate(optimizer, K, alpha, trigger, decay, decay_steps)
+        if optimizer_state not in OPTIMIZER_STATES:
+            raise ValueError(
+                f"optimizer_state must be one of {list(OPTIMIZER_STATES)}, got {optimizer_state!r}"
+            )
+        self.optimizer_state = optimizer_state
+        self._opt_state0: dict[str, Any] | None = None
         self.optimizer = optimizer
         self.K, self.alpha0, self.slow_correction = K, float(alpha), bool(slow_correction)
         self.trigger, self.decay, self.decay_steps = trigger, decay, decay_steps
@@ -145,7 +162,7 @@ class SFPO:
             self.reposition()  # Stage II - reposition
             self._stage(passes, self._slow_passes())  # Stage III - slow correction
         except BaseException:
-            self._alpha_s = None  # abandon the iteration; s is not advanced
+            self._alpha_s = self._opt_state0 = None  # abandon the iteration; s is not advanced
             raise
         stats = passes.summary()
         stats.setdefault("loss", math.nan)
@@ -163,6 +180,8 @@ class SFPO:
             self._theta0 = None  # plain GRPO from now on: free the snapshot
             return False
         self._snapshot()
+        if self.optimizer_state == "restore_theta0":
+            self._opt_state0 = copy.deepcopy(self.optimizer.state_dict())
         return True
 
     def fast(
@@ -172,11 +191,28 @@ class SFPO:
         return self._stage(_Passes(self, closure, update), self._fast_passes()).summary()
 
     def reposition(self) -> float:
-        """Stage II (Eq. 7): theta <- theta0 + alpha (theta - theta0) in place; seconds."""
+        """Stage II (Eq. 7): theta <- theta0 + alpha (theta - theta0) in place; seconds.
+
+        Then the optimizer state is set as ``optimizer_state`` says (only when alpha > 0)."""
         self._require_begun()
         if self._theta0 is not None:
             self._reposition_s = self._lerp_to_theta0(self._alpha_s)
+            self._set_optimizer_state()
         return self._reposition_s
+
+    def _set_optimizer_state(self) -> None:
+        if self.optimizer_state == "reset":
+            self.optimizer.state.clear()  # lazily re-initialised (zero moments, step 0)
+        elif self.optimizer_state == "restore_theta0" and self._opt_state0 is not None:
+            # the moments and step counts of theta0; hyper-parameters (lr of a per-step
+            # schedule) stay as they are now
+            groups = [
+                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+            ]
+            self.optimizer.load_state_dict(self._opt_state0)
+            for group, settings in zip(self.optimizer.param_groups, groups, strict=True):
+                group.update(settings)
+            self._opt_state0 = None
 
     def slow(
         self, update: Callable[[], Any] | None = None, *, closure: Callable[[], Any] | None = None
@@ -206,7 +242,7 @@ class SFPO:
             "snapshot_bytes": float(self.snapshot_bytes),
             "restored_theta0": float(restored),
         }
-        self._alpha_s = None
+        self._alpha_s = self._opt_state0 = None
         self.s += 1
         return stats
 
