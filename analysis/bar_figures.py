@@ -20,7 +20,7 @@ _COSTS = {"train/rollouts": "rollouts", "train/wall_clock_s": "wall-clock (s)"}
 
 def efficiency_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and cost: the GRPO/SFPO ratio with its bootstrap CI (paper_main runs)."""
-    runs = shared_seeds(runs_for(df, ["paper_main"]))
+    runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 4")
     out = []
     for model, m in runs.groupby("model", sort=True):
         grpo, sfpo = m[m["method"] == "GRPO"], m[m["method"] == "SFPO"]
@@ -65,7 +65,7 @@ def fig4(df: pd.DataFrame) -> plt.Figure:
     as the ratio GRPO / SFPO with a bootstrap 95 % CI over seeds (see analysis.efficiency)."""
     style()
     eff = efficiency_frame(df)
-    runs = shared_seeds(runs_for(df, ["paper_main"]))
+    runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 4")
     runs = runs[runs["model"] == eff["model"].iloc[0]]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for ax, cost in zip(axes[:2], _COSTS, strict=True):
@@ -110,15 +110,23 @@ def fig4(df: pd.DataFrame) -> plt.Figure:
 
 
 def fig8(df: pd.DataFrame) -> plt.Figure:
-    """Fig. 8: memory during training, SFPO vs GRPO, from what runs log.
+    """Fig. 8: memory during one training step, SFPO vs GRPO, per stage.
 
-    The training code logs one number per iteration, ``perf/peak_mem_gb`` (CUDA: peak allocated;
-    CPU: the process's peak RSS) and ``sfpo/snapshot_bytes`` (the stored θ0 copy), not memory per
-    stage (rollout / Stage I / II / III). So this draws peak memory per method and SFPO's
-    snapshot size, and says so on the figure.
+    From ``perf/mem/<stage>`` (GiB; :mod:`sfpo_lab.perf`: CUDA peak allocated, reset per
+    stage; CPU resident set sampled during the stage): one bar per stage (rollout, logprobs,
+    fast_1..fast_K, reposition, slow; GRPO's update) and method, the mean over runs of each
+    run's largest value over its iterations. Runs that logged no ``perf/mem/*`` get the
+    older figure: one peak per run (``perf/peak_mem_gb``) and SFPO's θ0 snapshot size.
     """
     style()
     runs = runs_for(df, ["memory_profile"])
+    if stage_names(runs):
+        return _fig8_stages(runs)
+    return _fig8_process_peak(runs)
+
+
+def _fig8_process_peak(runs: pd.DataFrame) -> plt.Figure:
+    """Fallback Fig. 8 for runs without per-stage memory: process peak per method."""
     peak = (
         select(runs, "perf/peak_mem_gb").groupby(["label", "run_id"])["value"].max().reset_index()
     )
@@ -150,6 +158,81 @@ def fig8(df: pd.DataFrame) -> plt.Figure:
     )
     fig.suptitle(
         f"Fig. 8 — memory during training, SFPO vs GRPO [{CI_NOTE}, dots = runs]\n{note}",
+        fontsize=8.5,
+    )
+    fig.tight_layout()
+    return fig
+
+
+MEM_PREFIX = "perf/mem/"
+_STAGE_RANK = {"rollout": 0, "logprobs": 1, "reposition": 3, "slow": 4, "update": 5}
+
+
+def _stage_key(stage: str) -> tuple[int, int, str]:
+    """Step order: rollout, logprobs, fast_1..fast_K, reposition, slow, update, others."""
+    if stage.startswith("fast_") and stage[5:].isdigit():
+        return (2, int(stage[5:]), stage)
+    return (_STAGE_RANK.get(stage, 6), 0, stage)
+
+
+def stage_names(runs: pd.DataFrame) -> list[str]:
+    """Stages with a ``perf/mem/<stage>`` value in ``runs``, in step order."""
+    metrics = runs.loc[runs["value"].notna(), "metric"].unique()
+    names = [m.removeprefix(MEM_PREFIX) for m in metrics if str(m).startswith(MEM_PREFIX)]
+    return sorted(names, key=_stage_key)
+
+
+def stage_memory_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (label, stage): mean, lo, hi over runs of each run's max over iterations (GiB), and
+    ``n`` runs."""
+    out = []
+    for stage in stage_names(runs):
+        per_run = select(runs, MEM_PREFIX + stage).dropna(subset=["value"])
+        per_run = per_run.groupby(["label", "run_id"])["value"].max().reset_index()
+        for label, g in per_run.groupby("label"):
+            m, lo, hi = mean_ci(g["value"].tolist())
+            out.append({"label": label, "stage": stage, "mean": m, "lo": lo, "hi": hi,
+                        "n": len(g)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _fig8_stages(runs: pd.DataFrame) -> plt.Figure:
+    """Grouped bars: x = stage, one bar per method; each bar's gid is ``<label>|<stage>``."""
+    frame = stage_memory_frame(runs)
+    stages = stage_names(runs)
+    labels = sorted(frame["label"].unique(), key=lambda k: (k != "GRPO", k))
+    pal = palette_for(labels)
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * len(stages)), 4.2))
+    for j, label in enumerate(labels):
+        sub = frame[frame["label"] == label].set_index("stage")
+        legend = label
+        for i, stage in enumerate(stages):
+            if stage not in sub.index:
+                continue
+            r = sub.loc[stage]
+            x = i - 0.4 + width * (j + 0.5)
+            err = [[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]]
+            (bar,) = ax.bar(x, r["mean"], width, yerr=err, capsize=3, color=pal[label],
+                            alpha=0.85, label=legend)  # fmt: skip
+            legend = None  # one legend entry per method
+            bar.set_gid(f"{label}|{stage}")
+            ax.text(x, r["hi"] * 1.01, f"{r['mean']:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_ylabel("peak memory in the stage (GiB)")
+    ax.set_ylim(0, frame["hi"].max() * 1.2)
+    ax.legend(loc="upper right")
+    cpu = (runs["scale"] == "toy").all()
+    note = (
+        "CPU: resident set size sampled during each stage (the whole process: Python + torch "
+        "runtime included)"
+        if cpu
+        else "CUDA: peak allocated memory, reset at the start of each stage"
+    )
+    n = int(frame["n"].min())
+    fig.suptitle(
+        f"Fig. 8 — memory during one training step, per stage, SFPO vs GRPO "
+        f"[{CI_NOTE}, n>={n} runs; per run: max over iterations]\n{note}",
         fontsize=8.5,
     )
     fig.tight_layout()

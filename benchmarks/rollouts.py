@@ -5,12 +5,14 @@
   throughput as a fraction of HF's own (target >= 0.95).
 * ``vLLM / HFEngine`` tokens per second on identical prompts, ``n``, lengths and weights
   (vLLM receives the HF model's weights through ``sync_weights``); the two sample different
-  tokens, so throughput counts generated tokens (EOS included) of each.
+  tokens, so each response runs to the length cap (no stop token) and tokens/s compares equal
+  amounts of decoding.
 * weight sync: ``push_full_weights`` into the engine, per iteration, against the time that
   engine takes to generate the batch.
 
-vLLM rows are in :mod:`benchmarks.vllm_rollouts`; they say "not measured: <reason>" when vLLM
-or ``sfpo_lab.rollout.vllm.VLLMEngine`` is unavailable.
+vLLM rows are the section ``vllm_rollouts`` (:mod:`benchmarks.vllm_rollouts`, rows labelled
+``rollouts``); they say "not measured: <reason>" when vLLM, ``VLLMEngine`` or SmolLM2 is
+unavailable.
 """
 
 from __future__ import annotations
@@ -81,10 +83,7 @@ def run(mode: str, device: torch.device) -> list[Row]:
     rows: list[Row] = []
     for shape in hf_vs_raw_shapes(mode, device):
         rows += hf_vs_raw(shape, device)
-    rows += hf_sync(mode, device)
-    from benchmarks.vllm_rollouts import run as run_vllm
-
-    return rows + run_vllm(mode, device)
+    return rows + hf_sync(mode, device)  # vLLM rows: section vllm_rollouts
 
 
 def hf_vs_raw(shape: Shape, device: torch.device) -> list[Row]:

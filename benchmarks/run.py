@@ -3,7 +3,8 @@
     python benchmarks/run.py [--quick | --smoke] [--only SECTION[,SECTION]] [--json PATH]
                              [--device cpu|cuda]
 
-Sections: engine, memory, rollouts, iteration, peer, padfree, logits (benchmarks/README.md). ``--quick`` is
+Sections: engine, memory, rollouts, vllm_rollouts, iteration, peer, padfree, logits, step_ratio
+(benchmarks/README.md). ``--quick`` is
 the fast setting (under 10 minutes on the 2-core CI machine); ``--smoke`` uses toy sizes and
 checks only the plumbing (its numbers mean nothing). Every figure is a ratio of two
 quantities measured in the same process (each section runs in a child process of its own,
@@ -36,7 +37,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Only the standard library at import time: math-verify's forkserver workers re-import this
 # script (``__main__``), and torch + transformers here would cost seconds per worker.
 
-SECTIONS = ("engine", "memory", "rollouts", "iteration", "peer", "padfree", "logits")
+SECTIONS = (
+    "engine",
+    "memory",
+    "rollouts",
+    "vllm_rollouts",
+    "iteration",
+    "peer",
+    "padfree",
+    "logits",
+    "step_ratio",
+)
 
 
 def _section(name: str) -> Callable:
