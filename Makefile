@@ -29,8 +29,10 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
+# two pytest workers (pytest-xdist) on a 2-core machine; XDIST= runs the suite in one process
+XDIST   ?= -n 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # deliberate bugs in the training core, one at a time, each caught by a named fast test
 # (tests/mutation/, docs/testing.md)

@@ -244,13 +244,22 @@ def summarize(module: SFPOModule, val_cb: ValidationCallback) -> dict[str, Any]:
         "val_avg_last": last.get("val/avg"),
         "stop_step": stop,
     }
+    if module.run_cfg.sfpo.alpha == 0:  # GRPO: no trigger to speak of
+        trigger = "none (GRPO)"
+    else:
+        trigger = f"step {stop}" if stop is not None else "not triggered"
     if hist:
         rank_zero_info(
             f"\n[summary] held-out accuracy (temperature {val_cb.params.temperature}, "
             f"n={val_cb.params.n}): base {first['val/avg']:.1f}% at iteration "
             f"{int(first['iteration'])} -> {last['val/avg']:.1f}% at iteration "
             f"{int(last['iteration'])} ({last['val/avg'] - first['val/avg']:+.1f} points); "
-            f"entropy trigger step: {stop if stop is not None else 'not triggered'}; "
+            f"entropy trigger: {trigger}; "
             f"{module.rollouts} rollouts in {module.wall_clock_s:.0f}s of training"
         )
+    out = Path(module.run_cfg.paths.output_dir)
+    curves = out / "curves.png"
+    rank_zero_info(
+        f"[summary] run dir: {out}" + (f" (curves: {curves})" if curves.exists() else "")
+    )
     return summary
