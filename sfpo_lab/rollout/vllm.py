@@ -76,6 +76,7 @@ from torch import nn
 from sfpo_lab.models import resolve_dtype
 from sfpo_lab.rollout.base import RolloutBatch, SamplingParams, derive_seed
 from sfpo_lab.rollout.sync import TensorSource, WeightSource
+from sfpo_lab.rollout.tp import gather_tp_group, tp_subgroup
 from sfpo_lab.rollout.vllm_io import outputs_to_batch, read_worker_weights, weight_mismatch
 from sfpo_lab.runtime import rng_state, set_rng_state
 
@@ -185,7 +186,7 @@ class VLLMEngine:
         if world_size > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
         _set_process_env(world_size, rank, local_rank)
-        self._tp_group = _tp_subgroup(tp) if tp > 1 else None  # all ranks: a collective
+        self._tp_group = tp_subgroup(tp) if tp > 1 else None  # all ranks: a collective
         self._vllm = import_vllm()
         saved = rng_state()  # vLLM seeds python/numpy/torch globally at start-up
         try:
@@ -342,7 +343,7 @@ class VLLMEngine:
         """
         mine, start = len(prompts), 0
         if self._tp_group is not None:
-            prompts, keys, start = _gather_tp_group(self._tp_group, prompts, seed, keys)
+            prompts, keys, start = gather_tp_group(self._tp_group, prompts, seed, keys)
         if seed is not None and keys:  # chunks of one batch share `seed`: keep their noise apart
             seed = derive_seed(seed, int(keys[0]))
         self._prepare()
@@ -420,36 +421,3 @@ class VLLMEngine:
 
 _START_WEIGHTS = "start weights"  # tag of the weights the engine was built from
 _ASLEEP = (SleepState.ASLEEP_KEPT, SleepState.ASLEEP_DROPPED)
-
-
-def _tp_subgroup(tp: int) -> Any:
-    """This rank's group of ``tp`` consecutive ranks (vLLM's TP layout), gloo for objects."""
-    import torch.distributed as dist
-
-    group, _ = dist.new_subgroups(group_size=tp, backend="gloo")
-    return group
-
-
-def _gather_tp_group(
-    group: Any, prompts: list[list[int]], seed: int | None, keys: Sequence[int] | None
-) -> tuple[list[list[int]], list[int] | None, int]:
-    """The TP group's prompts in rank order, their keys, and where this rank's start.
-
-    Raises:
-        RuntimeError: the ranks of the group were called with different seeds (they would
-            sample different tokens from one sharded model: vLLM requires identical inputs).
-    """
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(parts, (prompts, seed, None if keys is None else list(keys)), group)
-    if len({s for _, s, _ in parts}) > 1:
-        raise RuntimeError(
-            f"VLLMEngine: the ranks of one tensor-parallel group generate with seeds "
-            f"{[s for _, s, _ in parts]}; they must share one seed (one model replica)"
-        )
-    start = sum(len(p) for p, _, _ in parts[: dist.get_rank(group)])
-    all_prompts = [p for part, _, _ in parts for p in part]
-    if any(k is None for _, _, k in parts):
-        return all_prompts, None, start
-    return all_prompts, [k for _, _, ks in parts for k in ks], start
