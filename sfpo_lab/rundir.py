@@ -1,9 +1,10 @@
 """A run directory owned by one live run: the lock, the config files, a finished run's record.
 
 ``RunDirLock`` is taken (rank 0) once the config is validated and before the run writes any
-file: ``.sfpo_lab.lock`` holds ``pid host``, created with ``O_EXCL``. A second run into the
-same dir stops with an error naming the live one; a lock left by a crashed run (its pid is
-dead, same host) is taken over with a warning. A run that fails before it wrote anything
+file: ``.sfpo_lab.lock`` holds ``pid host slurm_job_id``, created with ``O_EXCL``. A second
+run into the same dir stops with an error naming the live one; a lock left by a crashed run
+(its pid is dead, same host; or the same SLURM job, requeued onto another node after its node
+failed — SLURM runs one instance of a job at a time) is taken over with a warning. A run that fails before it wrote anything
 removes the run dir again if this launch created it (Hydra makes it before the task runs).
 
 Hydra writes nothing in the run dir itself (``hydra.output_subdir: null``):
@@ -38,6 +39,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _slurm_job() -> str:
+    """``SLURM_JOB_ID`` (kept across a requeue), or ``-`` outside SLURM."""
+    return os.environ.get("SLURM_JOB_ID") or "-"
+
+
 class RunDirLock:
     """The lock of ``out`` (see the module docstring); :meth:`release` is idempotent."""
 
@@ -49,7 +55,7 @@ class RunDirLock:
 
     def acquire(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {socket.gethostname()}"
+        me = f"{os.getpid()} {socket.gethostname()} {_slurm_job()}"
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -64,9 +70,11 @@ class RunDirLock:
 
     def _take_over_if_dead(self) -> None:
         try:
-            pid_s, host = self.path.read_text().split()[:2]
-            pid = int(pid_s)
+            pid_s, host, *rest = self.path.read_text().split()
+            pid, job = int(pid_s), (rest or ["-"])[0]
         except (OSError, ValueError):  # half-written by a run killed while taking it
+            pid, host, job = -1, socket.gethostname(), "-"
+        if job != "-" and job == _slurm_job():  # this SLURM job's previous incarnation
             pid, host = -1, socket.gethostname()
         if host != socket.gethostname():
             raise ConfigError(
