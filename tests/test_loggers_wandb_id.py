@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sfpo_lab.config import ConfigError
@@ -50,7 +52,9 @@ def test_two_starts_in_one_run_dir_log_to_one_wandb_run(tmp_path, monkeypatch):
     assert ids[0] == ids[1] != ids[2]
     assert (tmp_path / "a" / WANDB_ID_FILE).read_text().strip() == ids[0]
     offline_runs = sorted(p.name for p in (tmp_path / "a" / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2 and all(n.endswith(f"-{ids[0]}") for n in offline_runs)
+    # offline-run-<time>-<id>, plus "-1" when both started within the same second
+    one_id = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(ids[0])}(-\d+)?")
+    assert len(offline_runs) == 2 and all(one_id.fullmatch(n) for n in offline_runs), offline_runs
 
 
 def test_the_stored_id_is_passed_with_resume_allow(tmp_path, monkeypatch):
