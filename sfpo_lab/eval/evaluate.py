@@ -56,7 +56,6 @@ def evaluate(
     verifier: MathVerifier | None = None,
     n_boot: int = 1000,
     iteration: int = 0,
-    generation_config_eos: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate ``model`` on every benchmark: ``params.n`` samples per problem.
 
@@ -78,8 +77,6 @@ def evaluate(
         verifier: grading pool to reuse; one with 2 workers is made (and closed) if None.
         n_boot: bootstrap draws for the CI (seeded with ``seed``).
         iteration: the training iteration whose validation stream to draw (0 for a base).
-        generation_config_eos: also stop at the model's ``generation_config`` EOS ids (as the
-            training engines do); False stops at the tokenizer's EOS only.
 
     Returns:
         ``(summary, records)``: ``summary`` is ``metrics.summarize`` output (percent: ``acc`` =
@@ -88,7 +85,7 @@ def evaluate(
     """
     if batch_prompts < 1:
         raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
-    eos = _eos_ids(model, tokenizer) if generation_config_eos else [tokenizer.eos_token_id]
+    eos = stop_token_ids(model, tokenizer)  # as the training engines stop
     engine = HFEngine(model, _pad_id(tokenizer), eos)
     own_verifier = verifier is None
     verifier = verifier or MathVerifier(num_workers=2)
@@ -254,9 +251,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _pad_id(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id
     return int(pad if pad is not None else tokenizer.eos_token_id)
-
-
-_eos_ids = stop_token_ids  # the engines' stop ids, as training uses them
 
 
 # --------------------------------------------------------------------------- a run's checkpoint
