@@ -44,6 +44,9 @@ class WarmupConfig:
     steps: int = 300
     batch_size: int = 64
     lr: float = 3e-3
+    # seeds the base (init, warm-up batches) and the toy task's problem sample; None: the run's
+    # ``seed``. Set it to share one base across RL seeds, so methods compare paired by seed.
+    seed: int | None = None
 
 
 @dataclass
@@ -295,7 +298,9 @@ class RunConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)  # Hydra-instantiated callbacks
     extras: dict[str, Any] = field(default_factory=dict)  # free-form notes (experiment labels)
     # the method, named by the chosen conf/algorithm/<name>.yaml: grpo (alpha = 0, one update
-    # pass per batch) | sfpo (alpha > 0); the objective is the separate `loss` group
+    # pass per batch) | sfpo (alpha > 0) | grpo_mu (the equal-compute control: alpha = 1 with
+    # slow correction, K + 1 update passes per batch and no reposition); the objective is the
+    # separate `loss` group
     algorithm: str = "sfpo"
 
     def __post_init__(self) -> None:
@@ -308,7 +313,10 @@ class RunConfig:
         objective = " (DAPO / Dr. GRPO are objectives: loss=dapo | loss=drgrpo)"
         hint = objective if self.algorithm in ("dapo", "drgrpo") else ""
         _check(
-            self.algorithm in ("grpo", "sfpo"), "algorithm", self.algorithm, "grpo | sfpo" + hint
+            self.algorithm in ("grpo", "sfpo", "grpo_mu"),
+            "algorithm",
+            self.algorithm,
+            "grpo | sfpo | grpo_mu" + hint,
         )
         method = self.extras.get("method")
         _check(method is None, "extras.method", method, "unset: choose the method with algorithm=")
@@ -322,6 +330,12 @@ class RunConfig:
             raise ConfigError(
                 f"invalid config: sfpo.alpha={a!r} contradicts algorithm=sfpo (allowed: a float "
                 "in (0, 1]; alpha = 0 is plain GRPO: algorithm=grpo)"
+            )
+        if self.algorithm == "grpo_mu" and (a != 1 or not self.sfpo.slow_correction):
+            raise ConfigError(
+                f"invalid config: sfpo.alpha={a!r}, sfpo.slow_correction="
+                f"{self.sfpo.slow_correction} contradict algorithm=grpo_mu (GRPO-mu is alpha = 1 "
+                "with slow correction: K + 1 passes, no reposition; other settings: algorithm=sfpo)"
             )
 
     def _check_batch_split(self) -> None:

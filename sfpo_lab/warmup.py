@@ -1,7 +1,7 @@
 """The toy base model: a character tokenizer + a small Qwen2 warmed up by supervised training.
 
 The base is cached under ``paths.cache_dir`` keyed by everything that shapes it (model size,
-task, warm-up settings, seed), built once under a file lock (parallel jobs and ranks wait
+task, warm-up settings, ``base_seed``), built once under a file lock (parallel jobs and ranks wait
 instead of racing) and reused by every later run.
 """
 
@@ -29,6 +29,13 @@ from sfpo_lab.models import tiny_qwen2_config
 WARMUP_VERSION = 1
 
 
+def base_seed(run: RunConfig) -> int:
+    """Seed of the toy base and task: ``model.warmup.seed``, or the run's seed when unset (then
+    every RL seed has its own base; set it to give all seeds and methods one shared base)."""
+    w = run.model.warmup
+    return run.seed if w is None or w.seed is None else w.seed
+
+
 def toy_task(run: RunConfig) -> ToyArithmetic:
     t = run.data.toy
     return ToyArithmetic(
@@ -36,18 +43,19 @@ def toy_task(run: RunConfig) -> ToyArithmetic:
         num_operands=t.num_operands,
         max_operand=t.max_operand,
         heldout_frac=t.heldout_frac,
-        seed=run.seed,
+        seed=base_seed(run),
     )
 
 
 def base_key(run: RunConfig) -> str:
+    warmup = {k: v for k, v in asdict(run.model.warmup).items() if k != "seed"}
     spec = {
         "v": WARMUP_VERSION,
         "tiny": asdict(run.model.tiny),
-        "warmup": asdict(run.model.warmup),
+        "warmup": warmup,
         "toy": asdict(run.data.toy),
         "template": run.data.template,
-        "seed": run.seed,
+        "seed": base_seed(run),
     }
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -85,7 +93,7 @@ def toy_base_model(run: RunConfig, log=print) -> Path:
 
 def _build(run: RunConfig, out: Path) -> float:
     tok = build_char_tokenizer(out)
-    torch.manual_seed(run.seed)
+    torch.manual_seed(base_seed(run))
     t = run.model.tiny
     cfg = tiny_qwen2_config(
         vocab_size=len(tok),
@@ -127,7 +135,7 @@ def _supervised(run: RunConfig, model: Qwen2ForCausalLM, tok) -> float:
     w = run.model.warmup
     task = toy_task(run)
     train = task.train()
-    rng = random.Random(run.seed)
+    rng = random.Random(base_seed(run))
     opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     model.train()
