@@ -26,6 +26,9 @@ NAMES = [
 ]
 MINI = {"paper_main_mini"}  # paper_main on CPU with only scale leaves changed (no toy twin)
 TOY_ONLY = {"toy/inner_loop"}  # beyond the paper, CPU only (docs/algorithm.md): no paper twin
+# the powered CPU reproduction (analysis/reproduce.py): its own task, one shared base
+REPRO = {f"repro/{n}" for n in ("paper_main", "ablation_k_alpha", "slow_correction",
+                                "entropy_control", "alpha_decay", "memory_profile")}  # fmt: skip
 # grids not yet split (file not owned by the analysis helper): GRPO x slow_correction on/off
 # gives one replica per seed. Fix: `algorithm: sfpo` in its hydra.sweeper.params (the GRPO
 # baseline = paper_main's GRPO runs, the same config), then remove the entry.
@@ -60,7 +63,7 @@ def _run(name: str, extra: list[str]) -> RunConfig:
 def test_every_experiment_has_a_toy_twin():
     assert set(NAMES) <= set(ALL)
     assert {f"toy/{n}" for n in NAMES} <= set(ALL)
-    known = set(NAMES) | {f"toy/{n}" for n in NAMES} | MINI | TOY_ONLY
+    known = set(NAMES) | {f"toy/{n}" for n in NAMES} | MINI | TOY_ONLY | REPRO
     assert set(ALL) <= known, "unexpected experiment"
 
 
@@ -68,7 +71,7 @@ def test_every_experiment_has_a_toy_twin():
 def test_experiment_is_global_and_composes(name):
     assert (EXP / f"{name}.yaml").read_text().startswith("# @package _global_")
     run = _run(name, [])
-    assert run.extras["experiment"] == name.removeprefix("toy/")
+    assert run.extras["experiment"] == name.removeprefix("toy/").removeprefix("repro/")
     assert run.wandb.group and run.wandb.tags
 
 
@@ -94,11 +97,11 @@ def test_every_grid_point_validates_and_no_two_are_the_same_run(name):
     assert len(grid) - len(cells) == PENDING_DUPLICATES.get(name, 0), duplicates
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n.startswith("toy/")])
+@pytest.mark.parametrize("name", [n for n in ALL if n.startswith(("toy/", "repro/"))])
 def test_toy_twins_run_on_cpu(name):
     run = _run(name, [])
     assert run.trainer.accelerator == "cpu" and run.data.kind == "toy"
-    assert run.model.name_or_path is None and run.iterations <= 40
+    assert run.model.name_or_path is None and run.iterations <= (100 if "repro/" in name else 40)
 
 
 def test_paper_main_is_the_authors_table1_grid():
@@ -130,7 +133,7 @@ def test_every_experiment_runs_the_algorithm_named(name, algorithm):
 
 
 def test_every_algorithm_option_is_a_method_or_a_pointed_error():
-    assert ALGORITHMS == ["dapo", "drgrpo", "grpo", "sfpo"]
+    assert ALGORITHMS == ["dapo", "drgrpo", "grpo", "grpo_mu", "sfpo"]
     for name in ("paper_main", "toy/paper_main"):
         for objective in ("dapo", "drgrpo"):  # objectives, not methods: loss=<name>
             with pytest.raises(ConfigError, match=rf"algorithm='{objective}'.*loss={objective}"):
@@ -173,3 +176,37 @@ def test_skywork_points_at_the_hub_and_aime():
     run = _run("skywork", [])
     assert run.data.train_files == ["Skywork/Skywork-OR1-RL-Data"]
     assert run.val.benchmarks == ["aime24", "aime25"] and run.extras["data_verified"] is False
+
+
+def test_grpo_mu_is_alpha_one_with_slow_correction_and_nothing_else():
+    """GRPO-mu, the equal-compute control: K + 1 passes, no reposition, SFPO's K and trigger."""
+    mu, sfpo = _run("repro/paper_main", ["algorithm=grpo_mu"]), _run("repro/paper_main", [])
+    assert (mu.sfpo.alpha, mu.sfpo.slow_correction, mu.sfpo.K) == (1.0, True, 3)
+    assert mu.sfpo.entropy_control == sfpo.sfpo.entropy_control and mu.sfpo.decay == sfpo.sfpo.decay
+    with pytest.raises(ConfigError, match=r"sfpo\.alpha=0\.8.*contradict algorithm=grpo_mu"):
+        _run("repro/paper_main", ["algorithm=grpo_mu", "sfpo.alpha=0.8"])
+    with pytest.raises(ConfigError, match=r"slow_correction=False contradict algorithm=grpo_mu"):
+        _run("repro/paper_main", ["algorithm=grpo_mu", "sfpo.slow_correction=false"])
+
+
+def test_repro_is_paired_powered_and_runs_the_authors_sfpo():
+    """Issue 17's design: one base for every seed and method, >= 100 rollout batches, >= 500
+    held-out problems, 10 seeds x GRPO / GRPO-mu / SFPO; SFPO is the authors' setting."""
+    from sfpo_lab.warmup import base_key, toy_task
+
+    grid = _grid("repro/paper_main")
+    runs = [_run("repro/paper_main", o) for o in grid]
+    assert {(r.algorithm, r.seed) for r in runs} == {
+        (a, s) for a in ("grpo", "grpo_mu", "sfpo") for s in range(10)
+    }
+    assert len({base_key(r) for r in runs}) == 1  # one shared base
+    r = runs[0]
+    assert r.iterations >= 100 and r.val.every == 5 and r.val.n >= 4
+    assert len(toy_task(r).heldout()) >= r.val.limit >= 500
+    sfpo = _run("repro/paper_main", ["algorithm=sfpo"])
+    ec = sfpo.sfpo.entropy_control
+    assert (sfpo.sfpo.K, sfpo.sfpo.alpha, ec.window, ec.tau) == (3, 0.8, 30, 1.0)
+    for name in REPRO - {"repro/paper_main", "repro/memory_profile"}:  # ablations: same task
+        other = _run(name, ["seed=0"])
+        assert base_key(other) == base_key(r) and other.iterations == r.iterations
+        assert other.val == r.val

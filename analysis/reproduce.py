@@ -1,0 +1,188 @@
+"""The CPU reproduction behind ``paper_figures/``: every run, then every table and figure.
+
+    python analysis/reproduce.py                      # runs into outputs/repro, then figures
+    python analysis/reproduce.py --dry-run            # the plan and what is already done
+    python analysis/reproduce.py --jobs 2 --root /scratch/repro --only paper_main
+
+One command, resumable: a run whose ``summary.json`` is current is skipped; an interrupted run
+(Ctrl-C / SIGTERM reach the training processes, which save ``last.ckpt`` and exit) resumes
+from its last checkpoint (``ckpt_path=last``); a run dir left without a checkpoint (killed
+hard before its first save) is moved aside to ``<dir>.interrupted-<n>``, never deleted, and
+the run starts again. Each run is its own process with one thread (``OMP_NUM_THREADS=1``),
+``--jobs`` at a time. Finished runs drop their weights (``*.ckpt``); config + metrics stay.
+When every run has finished, the compact run data are collected into
+``paper_figures/repro_runs`` and ``analysis/make_figures.py`` draws every output from them.
+
+The plan (``conf/experiment/repro/*``: one toy task and one shared base for every run, see
+docs/reproduction.md): the headline comparison GRPO / GRPO-mu / SFPO with 10 paired seeds,
+then K x alpha, slow correction, entropy control, alpha decay (3 seeds each), and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from sfpo_lab.rundir import summary_is_current  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HEADLINE_SEEDS = range(10)
+ABLATION_SEEDS = range(3)
+COMMON = ("wandb.mode=disabled", "checkpoint.every=10", "checkpoint.save_best=false")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # run dir relative to the root, e.g. "paper_main/sfpo_s3"
+    overrides: tuple[str, ...]
+
+
+def plan() -> list[Run]:
+    """Every run of the reproduction, most informative first (a cut-short reproduction still
+    has whole seeds of the headline comparison; the costly K = 7 cells come last)."""
+    exp = "experiment=repro/"
+    runs = [
+        Run(f"paper_main/{algo}_s{s}", (f"{exp}paper_main", f"algorithm={algo}", f"seed={s}"))
+        for s in HEADLINE_SEEDS
+        for algo in ("grpo", "sfpo", "grpo_mu")
+    ]
+    # name -> overrides; the grid points equal to a headline run (SFPO K=3, alpha=0.8, slow
+    # on, EC on, decay zero; GRPO-mu = K=3, alpha=1) are taken from the headline runs
+    ablations = {
+        "slow_correction/no_slow": (f"{exp}slow_correction", "sfpo.slow_correction=false"),
+        "entropy_control/ec_off": (f"{exp}entropy_control", "sfpo.entropy_control.enabled=false"),
+        "alpha_decay/linear": (f"{exp}alpha_decay", "sfpo.decay=linear"),
+        "k_alpha/K3_a0.3": (f"{exp}ablation_k_alpha", "sfpo.K=3", "sfpo.alpha=0.3"),
+        "memory_profile/grpo": (f"{exp}memory_profile", "algorithm=grpo"),
+        "memory_profile/sfpo": (f"{exp}memory_profile", "algorithm=sfpo"),
+        "k_alpha/K7_a0.3": (f"{exp}ablation_k_alpha", "sfpo.K=7", "sfpo.alpha=0.3"),
+        "k_alpha/K7_a1.0": (f"{exp}ablation_k_alpha", "sfpo.K=7", "sfpo.alpha=1.0"),
+    }
+    runs += [Run(f"{n}_s{s}", (*o, f"seed={s}")) for n, o in ablations.items() for s in ABLATION_SEEDS]  # fmt: skip
+    return runs
+
+
+def state(run_dir: Path) -> str:
+    """``done`` | ``resume`` (has last.ckpt) | ``stale`` (dir without a checkpoint) | ``new``."""
+    cfg = run_dir / ".hydra" / "config.yaml"
+    if cfg.is_file():
+        iterations = int(yaml.safe_load(cfg.read_text())["iterations"])
+        if (run_dir / "summary.json").is_file() and summary_is_current(run_dir, iterations):
+            return "done"
+    if (run_dir / "last.ckpt").exists():
+        return "resume"
+    return "stale" if run_dir.exists() else "new"
+
+
+def move_aside(run_dir: Path) -> Path:
+    n = 1
+    while (dest := run_dir.with_name(f"{run_dir.name}.interrupted-{n}")).exists():
+        n += 1
+    run_dir.rename(dest)
+    return dest
+
+
+def drop_weights(run_dir: Path) -> None:
+    for ckpt in sorted(run_dir.glob("*.ckpt")):
+        if ckpt.is_dir() and not ckpt.is_symlink():
+            shutil.rmtree(ckpt)
+        else:
+            ckpt.unlink()
+
+
+def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, float]:
+    """Run one training process to the end; ``(run, exit code, seconds)``; exit code -1: not
+    finished (stopped by a signal, or it exited without a current summary)."""
+    stopping = live.get("stopping")
+    run_dir = root / run.name
+    what = state(run_dir)
+    if what == "done":
+        return run, 0, 0.0
+    if stopping:
+        return run, -2, 0.0  # not started
+    if what == "stale":
+        print(f"[reproduce] {run.name}: no checkpoint in the dir; moved to {move_aside(run_dir)}")
+    resume = ("ckpt_path=last",) if what == "resume" else ()
+    cmd = [python, "train.py", *run.overrides, *COMMON, *resume, f"hydra.run.dir={run_dir}"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    log = root / f"{run.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(
+        f"[reproduce] {time.strftime('%H:%M:%S')} start {run.name}{' (resume)' if resume else ''}"
+    )
+    with open(log, "a") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        live[run.name] = proc
+        rc = proc.wait()
+        live.pop(run.name, None)
+    secs = time.perf_counter() - t0
+    if rc == 0 and state(run_dir) == "done":
+        drop_weights(run_dir)
+    elif rc == 0:
+        rc = -1
+    end = "done" if rc == 0 else "stopped" if rc == -1 else f"FAILED rc={rc}"
+    print(f"[reproduce] {time.strftime('%H:%M:%S')} {end} {run.name} ({secs:.0f} s; log {log})")
+    return run, rc, secs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--root", type=Path, default=REPO / "outputs" / "repro", help="run dirs (default outputs/repro)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")  # fmt: skip
+    p.add_argument("--only", action="append", help="run-name prefix(es) to run (e.g. paper_main)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and each run's state")
+    p.add_argument("--no-figures", action="store_true", help="stop after the runs")
+    args = p.parse_args(argv)
+    root = args.root.resolve()
+    runs = [r for r in plan() if not args.only or any(r.name.startswith(o) for o in args.only)]
+    if args.dry_run:
+        for r in runs:
+            print(f"{state(root / r.name):7s} {r.name}: {' '.join(r.overrides)}")
+        return 0
+    live: dict = {}
+
+    def stop(signum: int, _frame: object) -> None:
+        """No new runs; the running ones get SIGTERM, save ``last.ckpt`` and exit."""
+        live["stopping"] = True
+        for proc in [v for k, v in live.items() if k != "stopping"]:
+            proc.send_signal(signal.SIGTERM)
+        print(f"[reproduce] signal {signum}: running jobs save and stop; rerun to resume")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(lambda r: launch(r, root, sys.executable, live), runs))
+    wall = time.perf_counter() - t0
+    ran = [x for x in results if x[2] > 0]
+    before = sum(1 for _, rc, secs in results if rc == 0 and secs == 0)
+    failed = [r.name for r, rc, _ in results if rc != 0]
+    print(f"[reproduce] {len(ran)} runs in {wall / 60:.1f} min wall ({sum(x[2] for x in ran) / 60:.1f} run-min, {args.jobs} jobs); {before} were already done")  # fmt: skip
+    if failed:
+        print(f"[reproduce] {len(failed)} not finished (first: {failed[0]}) — rerun the same command to resume")  # fmt: skip
+        return 1
+    if args.no_figures or args.only:
+        return 0
+    from analysis import make_figures
+
+    dest = REPO / "paper_figures" / "repro_runs"
+    shutil.rmtree(dest, ignore_errors=True)  # a derived copy: rebuilt whole from the runs
+    return make_figures.main(["--runs", str(root), "--collect", str(dest)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
