@@ -9,37 +9,88 @@ import numpy as np
 import pandas as pd
 
 from analysis import paper
-from analysis.efficiency import efficiency_ci, run_tables
+from analysis.efficiency import (
+    PASSES,
+    paired_ci,
+    per_seed_costs,
+    seed_tables,
+    target_of,
+    with_update_passes,
+)
+from analysis.identity import check_pooling, dedupe
 from analysis.plotting import CI_NOTE, palette_for, runs_for, shared_seeds, style
 from analysis.runs import MissingRuns
 from analysis.stats import curve_ci, mean_ci, select
 from analysis.tables import one_variant
 
-_COSTS = {"train/rollouts": "rollouts", "train/wall_clock_s": "wall-clock (s)"}
+_COSTS = {
+    "train/rollouts": "rollouts",
+    PASSES: "update passes",
+    "train/wall_clock_s": "wall-clock (s)",
+}
+ARMS = ("SFPO", "GRPO-μ")  # each compared with GRPO, paired by seed
 
 
-def efficiency_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model and cost: the GRPO/SFPO ratio with its bootstrap CI (paper_main runs)."""
-    runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 4")
-    out = []
+def fig4_arms(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{model: {method: runs}}`` of paper_main (GRPO and at least one of SFPO, GRPO-μ),
+    with ``train/update_passes`` added; replicas once, one configuration per method."""
+    runs = dedupe(runs_for(df, ["paper_main"]))
+    check_pooling(runs, "Fig. 4")
+    runs = with_update_passes(runs)
+    out = {}
     for model, m in runs.groupby("model", sort=True):
-        grpo, sfpo = m[m["method"] == "GRPO"], m[m["method"] == "SFPO"]
-        if grpo.empty or sfpo.empty:
-            continue
-        one_variant(grpo, "paper_main", model)
-        one_variant(sfpo, "paper_main", model)
-        for cost, name in _COSTS.items():
-            g, s = run_tables(grpo, cost=cost), run_tables(sfpo, cost=cost)
-            if g and s:
-                out.append({"model": model, "cost": name, **efficiency_ci(g, s)})
+        arms = {}
+        for method in ("GRPO", *ARMS):
+            sel = m[m["method"] == method]
+            if len(sel):
+                one_variant(sel, "paper_main", model)
+                arms[method] = sel
+        if "GRPO" in arms and len(arms) > 1:
+            out[model] = arms
     if not out:
-        raise MissingRuns("paper_main needs both GRPO and SFPO runs with val/avg")
+        raise MissingRuns("paper_main needs GRPO and SFPO (or GRPO-μ) runs with val/avg")
+    return out
+
+
+def efficiency_frame(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per model, arm (SFPO, GRPO-μ) and cost: the GRPO/arm ratio with its paired bootstrap
+    CI over the seeds both ran (see analysis.efficiency), ``not_reached`` and the target."""
+    out = []
+    for model, arms in fig4_arms(df).items():
+        for arm in (a for a in ARMS if a in arms):
+            for cost, name in _COSTS.items():
+                g, o = seed_tables(arms["GRPO"], cost=cost), seed_tables(arms[arm], cost=cost)
+                if set(g) & set(o):
+                    ci = paired_ci(g, o, n_boot, seed)
+                    label = arms[arm]["label"].iloc[0]
+                    out.append({"model": model, "method": arm, "label": label, "cost": name, **ci})
+    if not out:
+        raise MissingRuns("paper_main: no seed has both a GRPO and an SFPO/GRPO-μ run with val/avg")
     return pd.DataFrame(out)
+
+
+def per_seed_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model, method, seed and cost: the cost at which that run's own curve first reaches
+    the target ``A*`` (best of GRPO's seed-mean val/avg curve over all its seeds); inf if never."""
+    out = []
+    for model, arms in fig4_arms(df).items():
+        target = target_of(list(seed_tables(arms["GRPO"]).values()))
+        for cost, name in _COSTS.items():
+            tables = {m: seed_tables(r, cost=cost) for m, r in arms.items()}
+            costs = per_seed_costs(tables, target)
+            labels = {m: r["label"].iloc[0] for m, r in arms.items()}
+            out.append(
+                costs.assign(
+                    model=model, label=costs["method"].map(labels), cost=name, target=target
+                )
+            )
+    cols = ["model", "method", "label", "seed", "cost", "cost_to_target", "target"]
+    return pd.concat(out, ignore_index=True)[cols]
 
 
 def _acc_vs_cost(ax: plt.Axes, runs: pd.DataFrame, cost: str) -> None:
     """val/avg (mean ± CI over seeds) against the seed-mean cost at each validation step."""
-    pal = palette_for(runs["label"].unique())
+    pal = palette_for(sorted(runs["label"].unique(), key=lambda k: (k != "GRPO", k)))
     acc = curve_ci(select(runs, "val/avg"))
     x = select(runs, cost).groupby(["label", "step"])["value"].mean().rename("x").reset_index()
     acc = acc.merge(x, on=["label", "step"])
@@ -60,49 +111,63 @@ def _acc_vs_cost(ax: plt.Axes, runs: pd.DataFrame, cost: str) -> None:
     ax.set_ylabel("val/avg accuracy (%)")
 
 
-def fig4(df: pd.DataFrame) -> plt.Figure:
-    """Fig. 4: rollouts and wall-clock for SFPO to reach GRPO's best validation accuracy,
-    as the ratio GRPO / SFPO with a bootstrap 95 % CI over seeds (see analysis.efficiency)."""
-    style()
-    eff = efficiency_frame(df)
-    runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 4")
-    runs = runs[runs["model"] == eff["model"].iloc[0]]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for ax, cost in zip(axes[:2], _COSTS, strict=True):
-        _acc_vs_cost(ax, runs, cost)
-        ax.set_title(f"{eff['model'].iloc[0]}: accuracy vs {_COSTS[cost]}")
-    axes[0].legend(fontsize=7)
-    ax = axes[2]
-    labels = [f"{r.model}\n{r.cost}" for r in eff.itertuples()]
+def _ratio_bars(ax: plt.Axes, eff: pd.DataFrame, pal: dict) -> None:
+    """Grouped bars: x = (model, cost), one bar per arm; CI whiskers, ratio and missed share."""
+    groups = list(dict.fromkeys(zip(eff["model"], eff["cost"], strict=True)))
+    arms = [a for a in ARMS if a in set(eff["method"])]
+    width = 0.8 / len(arms)
     y = eff["ratio"].to_numpy(dtype=float)
     finite = np.concatenate([y, eff["lo"], eff["hi"]])
     top = max(1.5, float(np.nanmax(np.where(np.isfinite(finite), finite, np.nan))) * 1.15)
-    # an infinite bound (SFPO at the target at step 0 in some resample) is drawn to the top
-    hi = np.minimum(eff["hi"].to_numpy(dtype=float), top)
-    err = np.vstack(
-        [np.clip(y - eff["lo"].to_numpy(dtype=float), 0, None), np.clip(hi - y, 0, None)]
-    )
-    ax.bar(range(len(y)), y, yerr=err, capsize=4, color="#0072B2", alpha=0.8)
-    for i, r in enumerate(eff.itertuples()):
-        ax.text(i, 0.02, f"{r.ratio:.2f}x\n[{r.lo:.2f}, {r.hi:.2f}]\nmissed {r.not_reached:.0%}", ha="center", va="bottom", fontsize=7, color="w")  # fmt: skip
+    starred = False
+    for r in eff.itertuples():
+        x = groups.index((r.model, r.cost)) - 0.4 + width * (arms.index(r.method) + 0.5)
+        # an infinite bound (X at the target at step 0 in some resample) is drawn to the top
+        err = [[max(r.ratio - r.lo, 0.0)], [max(min(r.hi, top) - r.ratio, 0.0)]]
+        (bar,) = ax.bar(x, r.ratio, width, yerr=err, capsize=4, color=pal[r.label], alpha=0.85,
+                        label=r.label if groups.index((r.model, r.cost)) == 0 else None)  # fmt: skip
+        bar.set_gid(f"{r.method}|{r.cost}")
+        above = max(r.ratio, min(r.hi, top)) if math.isfinite(r.ratio) else top
+        ax.text(x, above + 0.02 * top, f"{r.ratio:.2f}x\n[{r.lo:.2f}, {r.hi:.2f}]\nmissed {r.not_reached:.0%}", ha="center", va="bottom", fontsize=6.5)  # fmt: skip
         ref = paper.FIG4.get(r.model)
-        if ref:
-            ax.plot(
-                i,
-                ref[0 if r.cost == "rollouts" else 1],
-                "k*",
-                ms=10,
-                label="paper" if i == 0 else None,
-            )
+        if ref and r.method == "SFPO" and r.cost in ("rollouts", "wall-clock (s)"):
+            ax.plot(x, ref[0 if r.cost == "rollouts" else 1], "k*", ms=10,
+                    label=None if starred else "paper (SFPO)")  # fmt: skip
+            starred = True
     ax.axhline(1, color="k", lw=0.8)
-    ax.set_ylim(0, top * 1.05)
-    ax.set_xticks(range(len(y)), labels, fontsize=8)
-    ax.set_ylabel("GRPO cost / SFPO cost to reach target")
-    ax.set_title("ratio (>1: SFPO cheaper); 0 = SFPO never reached it")
+    ax.set_ylim(0, top * 1.3)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{c}" for m, c in groups], fontsize=8)
+    ax.set_ylabel("GRPO cost / method's cost to reach target")
+    ax.set_title("ratio (>1: cheaper than GRPO); 0 = never reached it")
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def fig4(df: pd.DataFrame) -> plt.Figure:
+    """Fig. 4: rollouts, update passes and wall-clock to reach GRPO's best validation accuracy,
+    as the ratios GRPO / SFPO and GRPO / GRPO-μ with a paired bootstrap 95 % CI over seeds
+    (see analysis.efficiency); the curves show the seeds every method ran."""
+    style()
+    eff = efficiency_frame(df)
+    model = eff["model"].iloc[0]
+    runs = shared_seeds(pd.concat(fig4_arms(df)[model].values()), what="Fig. 4")
+    pal = palette_for(sorted(runs["label"].unique(), key=lambda k: (k != "GRPO", k)))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 3.9))
+    for ax, cost in zip(axes[:3], _COSTS, strict=True):
+        _acc_vs_cost(ax, runs, cost)
+        ax.set_title(f"{model}: accuracy vs {_COSTS[cost]}")
+    axes[0].legend(fontsize=7)
+    _ratio_bars(axes[3], eff, pal)
     paper_txt = "; ".join(f"{m}: {r:.2f}x / {w:.2f}x" for m, (r, w) in paper.FIG4.items())
+    mu = (eff["method"] == "GRPO-μ").any()
     fig.suptitle(
-        f"Fig. 4 — cost to reach GRPO's best accuracy [{CI_NOTE}; ratio CI: bootstrap over seeds]\n"
-        f"paper (rollouts / wall-clock, other models and 8×H100): {paper_txt}",
+        f"Fig. 4 — cost to reach GRPO's best accuracy [{CI_NOTE}; ratio CI: paired bootstrap "
+        "over seeds]\n"
+        + (
+            "GRPO-μ: α = 1 with slow correction (K + 1 update passes per batch, no reposition). "
+            if mu
+            else ""
+        )  # fmt: skip
+        + f"Paper (SFPO, rollouts / wall-clock, other models and 8×H100): {paper_txt}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -28,6 +28,10 @@ from analysis.runs import MissingRuns
 from analysis.stats import minus_start, select
 
 TRAIN_WINDOW = 3
+GRPO_MU_NOTE = (
+    "GRPO-μ(K=k) = SFPO with α = 1 and slow correction on:\n"
+    "K + 1 update passes per rollout batch, no reposition (the equal-compute control)"
+)
 
 
 def _title(fig: plt.Figure, text: str, df: pd.DataFrame) -> None:
@@ -43,9 +47,10 @@ def _legend(fig: plt.Figure, ax: plt.Axes) -> None:
 
 
 def fig2(df: pd.DataFrame) -> plt.Figure:
-    """Fig. 2: average validation accuracy vs step, GRPO vs SFPO, per base model; below, the
-    change since step 0 per run (paired by seed: at toy scale each seed has its own warm-up
-    base model, and the spread between bases would otherwise hide the effect of training)."""
+    """Fig. 2: average validation accuracy vs step, GRPO, GRPO-μ (when run) and SFPO, per base
+    model; below, the change since step 0 per run (paired by seed: each run minus its own
+    base model's accuracy, so a spread between bases, e.g. a warm-up per seed, does not hide
+    the effect of training). Only the seeds every method ran are drawn."""
     style()
     runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 2")
     models = sorted(runs["model"].unique())
@@ -62,12 +67,15 @@ def fig2(df: pd.DataFrame) -> plt.Figure:
     _legend(fig, axes[1][0])
     _title(fig, "Fig. 2 — validation accuracy vs step", runs)
     fig.tight_layout()
+    if (runs["method"] == "GRPO-μ").any():
+        add_note(fig, GRPO_MU_NOTE, y=-0.1)
     return fig
 
 
 def fig3(df: pd.DataFrame) -> plt.Figure:
-    """Fig. 3: response length, entropy and reward vs step, GRPO vs SFPO (paper_main runs of
-    DS-R1-Distill-Qwen-7B as in the paper when present, else the first model by name)."""
+    """Fig. 3: response length, entropy and reward vs step, GRPO, GRPO-μ (when run) and SFPO
+    (paper_main runs of DS-R1-Distill-Qwen-7B as in the paper when present, else the first
+    model by name)."""
     style()
     runs = shared_seeds(runs_for(df, ["paper_main"]), what="Fig. 3")
     models = sorted(runs["model"].unique())
@@ -99,8 +107,8 @@ def fig5(df: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for ax, k in zip(axes[:2], (3, 7), strict=True):
         sel = shared_seeds(grid[(grid["K"] == k) | (grid["method"] == "GRPO")], what="Fig. 5")
-        if (sel["method"] == "SFPO").any():
-            band_plot(ax, sel, "train/acc", window=TRAIN_WINDOW)
+        if (sel["method"] != "GRPO").any():
+            band_plot(ax, sel, "train/acc", order=by_alpha(sel), window=TRAIN_WINDOW)
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, f"no SFPO runs with K={k}", ha="center", transform=ax.transAxes)
@@ -125,8 +133,18 @@ def fig5(df: pd.DataFrame) -> plt.Figure:
         grid,
     )
     fig.tight_layout()
-    add_note(fig, trigger_note(pd.concat([dedupe_runs(grid), slow])))
+    note = trigger_note(pd.concat([dedupe_runs(grid), slow]))
+    if (grid["method"] == "GRPO-μ").any():
+        note += f"\n{GRPO_MU_NOTE} (drawn at α = 1 in panels a/b)"
+    add_note(fig, note)
     return fig
+
+
+def by_alpha(runs: pd.DataFrame) -> list[str]:
+    """Labels in order of the configured alpha (``sfpo.alpha``, not the label; GRPO = 0
+    first, GRPO-μ at 1), ties by label."""
+    one = runs.drop_duplicates("label")
+    return [r.label for r in sorted(one.itertuples(), key=lambda r: (float(r.alpha), r.label))]
 
 
 def _ec_panels(fig_title: str, runs: pd.DataFrame, hue_note: str) -> plt.Figure:

@@ -8,7 +8,10 @@
 
 A table or figure whose runs are missing prints one line saying what is missing; the others are
 still made. One that would pool or compare runs with different settings (analysis.identity) is
-refused with a line naming the differing settings, and the command exits 2. Tables: ``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf``.
+refused with a line naming the differing settings, and the command exits 2. Tables:
+``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf`` (Fig. 4 also
+``fig4_efficiency.csv`` and ``fig4_per_seed.csv``); ``summary``: ``summary.json``
+(analysis.summary: the paired SFPO − GRPO and SFPO − GRPO-μ differences and Fig. 4's ratios).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import pandas as pd  # noqa: E402
 
-from analysis import bar_figures, diagram, figures, tables  # noqa: E402
+from analysis import bar_figures, diagram, figures, summary, tables  # noqa: E402
 from analysis.identity import MixedRuns  # noqa: E402
 from analysis.plotting import save  # noqa: E402
 from analysis.runs import (  # noqa: E402
@@ -49,7 +52,7 @@ FIGURES: dict[str, Callable] = {
     "fig7": figures.fig7,
     "fig8": bar_figures.fig8,
 }
-OUTPUTS = [*TABLES, *FIGURES]
+OUTPUTS = [*TABLES, *FIGURES, "summary"]
 # the compact run data a figure needs: no checkpoints, no W&B files
 _KEEP = (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json")
 _KEEP_GLOBS = ("*.summary.json", "*.records.jsonl")
@@ -73,6 +76,9 @@ def collect(roots: list[Path], dest: Path) -> int:
 
 def write_output(name: str, df: pd.DataFrame, out: Path) -> list[Path]:
     """Make one output; raises :class:`MissingRuns` when its runs are absent."""
+    if name == "summary":  # the headline numbers, machine-readable
+        (path := out / "summary.json").write_text(summary.summary_json(df), encoding="utf-8")
+        return [path]
     if name in TABLES:
         paths = []
         for fmt in ("md", "tex", "csv"):
@@ -82,10 +88,12 @@ def write_output(name: str, df: pd.DataFrame, out: Path) -> list[Path]:
         return paths
     fig = FIGURES[name](df)
     paths = save(fig, out, name)
-    if name == "fig4":  # the numbers behind the bars
+    if name == "fig4":  # the numbers behind the bars, and each seed's cost to the target
         eff = bar_figures.efficiency_frame(df)
         eff.to_csv(path := out / "fig4_efficiency.csv", index=False, float_format="%.4f")
-        paths.append(path)
+        per_seed = bar_figures.per_seed_frame(df)
+        per_seed.to_csv(seeds := out / "fig4_per_seed.csv", index=False, float_format="%.4f")
+        paths += [path, seeds]
     return paths
 
 

@@ -127,13 +127,13 @@ def mark_stops(ax: plt.Axes, df: pd.DataFrame, color: str = "k") -> None:
 
 
 def trigger_note(runs: pd.DataFrame) -> str:
-    """One line per SFPO label: whether the entropy trigger was on (and its window), and per
-    seed the step at which it fired (``never`` = not within the run). GRPO is left out: the
-    trigger is not read at alpha = 0."""
+    """One line per SFPO / GRPO-μ label: whether the entropy trigger was on (and its window),
+    and per seed the step at which it fired (``never`` = not within the run). GRPO is left
+    out: the trigger is not read at alpha = 0."""
     stops = stop_steps(runs)
     one = runs.drop_duplicates("run_id").sort_values(["label", "seed", "run_id"])
     lines = ["entropy trigger per run (s<seed>@<step it fired>):"]
-    for label, g in one[one["method"] == "SFPO"].groupby("label", sort=True):
+    for label, g in one[one["method"] != "GRPO"].groupby("label", sort=True):
         if not g["ec"].any():
             lines.append(f"{label}: trigger off")
             continue

@@ -5,10 +5,11 @@ One row per (run, step, metric)::
     run_id  source  experiment  scale  model  data  method  label  K  alpha  slow_correction
     ec  decay  seed  iterations  step  metric  value
 
-``step`` is the rollout-batch iteration (0 = before any update). Metrics are the keys the
-training logs to ``metrics.csv`` (``train/``, ``val/``, ``sfpo/``, ``perf/``) plus
-``eval/<benchmark>/acc`` from a standalone evaluation (``python -m sfpo_lab.eval``) written
-under the run dir (``summary.json`` or ``<name>.records.jsonl``), placed at the run's last step.
+``method`` is GRPO, GRPO-μ or SFPO (:func:`method_label`). ``step`` is the rollout-batch
+iteration (0 = before any update). Metrics are the keys the training logs to ``metrics.csv``
+(``train/``, ``val/``, ``sfpo/``, ``perf/``) plus ``eval/<benchmark>/acc`` from a standalone
+evaluation (``python -m sfpo_lab.eval``) written under the run dir (``summary.json`` or
+``<name>.records.jsonl``), placed at the run's last step.
 """
 
 from __future__ import annotations
@@ -57,13 +58,17 @@ _UNRESOLVABLE = ("paths", "logger", "callbacks", "hydra")
 def method_label(
     K: int, alpha: float, slow: bool, ec: bool, decay: str, tau: float = 1.0, decay_steps: int = 0
 ) -> tuple[str, str]:
-    """``(method, label)``: ``GRPO`` when alpha = 0 (the engine then does one plain update),
-    else ``SFPO`` with a label naming K, alpha and every setting that differs from the
-    authors' (slow correction on, entropy control on with tau = 1, decay ``zero``); what the
-    trigger governs is not named when the trigger is off, since nothing reads it then."""
+    """``(method, label)``: ``GRPO`` when alpha = 0 (the engine then does one plain update);
+    ``GRPO-μ`` when alpha = 1 with slow correction on (K + 1 update passes per batch and no
+    reposition: the equal-compute control); else ``SFPO``. The label names K (and alpha for
+    SFPO) and every setting that differs from the authors' (slow correction on, entropy
+    control on with tau = 1, decay ``zero``); what the trigger governs is not named when the
+    trigger is off, since nothing reads it then. alpha = 1 without slow correction stays
+    ``SFPO(..., no slow)`` (K plain passes)."""
     if alpha == 0:
         return "GRPO", "GRPO"
-    parts = [f"K={K}", f"α={alpha:g}"]
+    mu = alpha == 1 and slow
+    parts = [f"K={K}"] if mu else [f"K={K}", f"α={alpha:g}"]
     if not slow:
         parts.append("no slow")
     if not ec:
@@ -72,7 +77,8 @@ def method_label(
         parts.append(f"τ={tau:g}")
     if ec and decay != "zero":
         parts.append(f"{decay} decay" + (f" over {decay_steps}" if decay == "linear" else ""))
-    return "SFPO", f"SFPO({', '.join(parts)})"
+    method = "GRPO-μ" if mu else "SFPO"
+    return method, f"{method}({', '.join(parts)})"
 
 
 def _data_name(data: Mapping[str, Any]) -> str:

@@ -4,6 +4,12 @@ A run's number for a benchmark is its standalone evaluation (``eval/<b>/acc``) w
 written into the run dir, else its last logged ``val/<b>/acc``. "Base" is the same metric at
 step 0 (before any update), one value per seed. The published number is printed beside ours
 only when the run's model *and* training data are the paper's (``paper.TABLE1``/``TABLE2``).
+
+Methods: GRPO, GRPO-μ (α = 1 with slow correction: K + 1 passes per batch, no reposition; row
+only when such runs exist) and SFPO. Below them, paired rows ``SFPO − GRPO`` and
+``SFPO − GRPO-μ``: per seed run by both methods, SFPO's final score minus the other's (points);
+mean and Student-t 95 % CI over those n seeds (the seeds share a base model, so this is the
+comparison with the power to separate methods).
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from analysis.identity import check_pooling, dedupe
 from analysis.runs import MissingRuns
 from analysis.stats import mean_ci
 
-_METHODS = ["Base", "GRPO", "SFPO"]
+_METHODS = ["Base", "GRPO", "GRPO-μ", "SFPO"]
+# paired rows below the methods: (minuend, subtrahend), per seed present in both
+PAIRS = [("SFPO", "GRPO"), ("SFPO", "GRPO-μ")]
+MINUS = "−"  # U+2212, as in "SFPO − GRPO"
 
 
 def _run_scores(rows: pd.DataFrame, base: bool) -> pd.DataFrame:
@@ -51,6 +60,69 @@ def _method_scores(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _run_scores(rows, base=False), _run_scores(rows, base=True)
 
 
+def model_scores(
+    mrows: pd.DataFrame, experiment: str, model: str
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """``(final, start)`` per method present (GRPO, GRPO-μ, SFPO) among one model's runs:
+    one row per run, a column per benchmark, ``avg`` (their mean) and ``seed``; ``final``
+    also ``gain`` (the run's final avg minus its own step-0 avg)."""
+    finals: dict[str, pd.DataFrame] = {}
+    starts: dict[str, pd.DataFrame] = {}
+    for method in _METHODS[1:]:
+        sel = mrows[mrows["method"] == method]
+        if sel.empty:
+            continue
+        one_variant(sel, experiment, model)
+        final, start = _method_scores(sel)
+        benches = [b for b in final.columns if b != "seed"]
+        final = final.assign(avg=final[benches].mean(axis=1))
+        start_avg = start[[b for b in benches if b in start]].mean(axis=1)
+        finals[method] = final.assign(gain=final["avg"] - start_avg.reindex(final.index))
+        starts[method] = start.assign(
+            avg=start[[b for b in start.columns if b != "seed"]].mean(axis=1)
+        )
+    return finals, starts
+
+
+def paired_differences(finals: dict[str, pd.DataFrame], a: str, b: str) -> pd.DataFrame:
+    """Per seed present in both ``a`` and ``b``: ``a``'s score minus ``b``'s, for every
+    benchmark, ``avg`` and ``gain`` (points); indexed by seed (ascending)."""
+    x, y = finals[a].set_index("seed"), finals[b].set_index("seed")
+    for name, t in ((a, x), (b, y)):
+        if t.index.duplicated().any():  # dedupe + one_variant make this impossible upstream
+            raise ValueError(f"{name}: several runs per seed {sorted(t.index)}; cannot pair")
+    seeds = sorted(set(x.index) & set(y.index))
+    cols = [c for c in x.columns if c in y.columns]
+    return x.loc[seeds, cols] - y.loc[seeds, cols]
+
+
+def _order(scores: pd.DataFrame, benchmarks: list[str]) -> list[str]:
+    """Benchmarks in the paper's order, then others by name, then ``avg`` (and ``gain``)."""
+    benches = [b for b in scores.columns if b not in ("seed", "avg", "gain")]
+    order = [b for b in benchmarks if b in benches] + sorted(set(benches) - set(benchmarks))
+    return [*order, "avg", *(["gain"] if "gain" in scores else [])]
+
+
+def _rows(
+    model: str,
+    data: str,
+    method: str,
+    scores: pd.DataFrame,
+    order: list[str],
+    ref: list[float] | None,
+    benchmarks: list[str],
+) -> list[dict]:
+    """Long-table rows of one method (or paired difference): mean and CI per column."""
+    out = []
+    for i, b in enumerate(order):
+        m, lo, hi = mean_ci(scores[b].tolist())
+        col = (benchmarks + ["avg"]).index(b) if b in benchmarks + ["avg"] else None
+        pub = ref[col] if ref is not None and col is not None else float("nan")
+        out.append({"model": model, "data": data, "method": method, "seeds": len(scores),
+                    "bench": b, "order": i, "mean": m, "lo": lo, "hi": hi, "paper": pub})  # fmt: skip
+    return out
+
+
 def table_frame(
     df: pd.DataFrame, experiment: str, published: dict, paper_data: str, benchmarks: list[str]
 ) -> pd.DataFrame:
@@ -59,7 +131,9 @@ def table_frame(
     Replicas count once; a method's row pools runs of one effective config (else
     :class:`analysis.identity.MixedRuns`). A run's gain is its final Avg minus its own step-0
     Avg (base and final from the same run); the Base row is step 0 of the GRPO runs (of the
-    SFPO runs when there is no GRPO run), one per seed."""
+    next method present when there is no GRPO run), one per seed. Below the methods, paired
+    rows ``SFPO − GRPO`` and ``SFPO − GRPO-μ``: per seed run by both, SFPO's score minus the
+    other's (points), mean and Student-t CI over those seeds."""
     runs = df[df["experiment"] == experiment]
     if runs.empty:
         raise MissingRuns(f"no runs with extras.experiment={experiment}")
@@ -68,40 +142,26 @@ def table_frame(
     out = []
     for model, mrows in runs.groupby("model", sort=True):
         data = mrows["data"].iloc[0]
-        per_method: dict[str, pd.DataFrame] = {}
-        starts: dict[str, pd.DataFrame] = {}
-        for method in ("GRPO", "SFPO"):
-            sel = mrows[mrows["method"] == method]
-            if len(sel):
-                one_variant(sel, experiment, model)
-                per_method[method], starts[method] = _method_scores(sel)
-        per_method["Base"] = next(iter(starts.values()))
+        finals, starts = model_scores(mrows, experiment, model)
+        per_method = {"Base": next(iter(starts.values())), **finals}
         for method in _METHODS:
             scores = per_method.get(method)
             if scores is None or scores.empty:
                 continue
-            benches = [b for b in scores.columns if b != "seed"]
-            scores = scores.assign(avg=scores[benches].mean(axis=1))
-            if method != "Base":  # paired within the run: its own step-0 accuracy
-                start = starts[method]
-                start_avg = start[[b for b in benches if b in start]].mean(axis=1)
-                scores["gain"] = scores["avg"] - start_avg.reindex(scores.index)
             ref = published.get((model, method)) if data == paper_data else None
-            order = [b for b in benchmarks if b in benches] + sorted(set(benches) - set(benchmarks))
-            extra = ["avg", "gain"] if "gain" in scores else ["avg"]
-            for i, b in enumerate([*order, *extra]):
-                m, lo, hi = mean_ci(scores[b].tolist())
-                col = (benchmarks + ["avg"]).index(b) if b in benchmarks + ["avg"] else None
-                pub = ref[col] if ref is not None and col is not None else float("nan")
-                out.append(
-                    {"model": model, "data": data, "method": method, "seeds": len(scores),
-                     "bench": b, "order": i, "mean": m, "lo": lo, "hi": hi, "paper": pub}
-                )  # fmt: skip
+            cols = _order(scores, benchmarks)
+            out += _rows(model, data, method, scores, cols, ref, benchmarks)
+        for a, b in PAIRS:
+            diff = paired_differences(finals, a, b) if a in finals and b in finals else None
+            if diff is not None and len(diff):
+                name = f"{a} {MINUS} {b}"
+                out += _rows(model, data, name, diff, _order(diff, benchmarks), None, benchmarks)
     return pd.DataFrame(out)
 
 
 def _cell(r: pd.Series) -> str:
-    s = f"{r['mean']:.1f} ± {(r['hi'] - r['lo']) / 2:.1f}" if r["seeds"] > 1 else f"{r['mean']:.1f}"
+    m = f"{r['mean']:+.1f}" if MINUS in r["method"] else f"{r['mean']:.1f}"
+    s = f"{m} ± {(r['hi'] - r['lo']) / 2:.1f}" if r["seeds"] > 1 else m
     return s + (f" (paper {r['paper']:.2f})" if pd.notna(r["paper"]) else "")
 
 
@@ -122,6 +182,18 @@ def _note(long: pd.DataFrame, paper_data: str) -> str:
         f"Final accuracy (%), mean ± 95 % CI half-width (Student t) over {n} seed(s); "
         "Δ = each run's final Avg minus its own step-0 Avg, then averaged."
     )
+    pairs = sorted(m for m in set(long["method"]) if MINUS in m)
+    if pairs:
+        note += (
+            f" Paired rows ({', '.join(pairs)}): per seed run by both methods (the same base "
+            "model and RL seed), the first's final score minus the second's, in points; mean ± "
+            "95 % CI half-width (Student t) over those seeds; seeds = their number."
+        )
+    if "GRPO-μ" in set(long["method"]):
+        note += (
+            " GRPO-μ: SFPO with α = 1 and slow correction on (K + 1 update passes per rollout "
+            "batch, no reposition), the equal-compute control."
+        )
     if not comparable:
         note += (
             f" No published number is shown: these runs' model/data ({', '.join(sorted(set(long['model'])))}"
@@ -145,7 +217,8 @@ def render(long: pd.DataFrame, fmt: str, title: str, paper_data: str) -> str:
         return "\n".join(lines) + "\n"
 
     def esc(s: str) -> str:
-        return re.sub(r"([%_&#])", r"\\\1", s).replace("±", r"$\pm$")
+        s = re.sub(r"([%_&#])", r"\\\1", s).replace("±", r"$\pm$")
+        return s.replace("μ", r"$\mu$").replace(MINUS, "$-$").replace("α", r"$\alpha$")
 
     lines = [
         r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(title)}. {esc(note)}}}",
@@ -158,7 +231,8 @@ def render(long: pd.DataFrame, fmt: str, title: str, paper_data: str) -> str:
 
 
 def table1(df: pd.DataFrame, fmt: str = "md") -> str:
-    """Table 1: avg pass@1 per benchmark, Base / GRPO / SFPO (experiment ``paper_main``)."""
+    """Table 1: avg pass@1 per benchmark, Base / GRPO / GRPO-μ / SFPO and the paired
+    differences SFPO − GRPO, SFPO − GRPO-μ (experiment ``paper_main``)."""
     long = table_frame(df, "paper_main", paper.TABLE1, "dapo_math", paper.TABLE1_BENCHMARKS)
     return render(long, fmt, "Table 1 — accuracy after RL (DAPO+MATH in the paper)", "dapo_math")
 

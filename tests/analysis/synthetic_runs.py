@@ -52,7 +52,10 @@ def write_run(
     settings: dict[str, object] | None = None,
 ) -> Path:
     """One run: val/avg = 20 + seed + offset + gain * step, train/acc = 0.2 + 0.01 * gain * step
-    + 0.001 * seed; the other train metrics vary smoothly with step only. ``settings``: dotted config keys to add or change (``{"data.batch_size": 8}``)."""
+    + 0.001 * seed; the other train metrics vary smoothly with step only; sfpo/alpha is alpha
+    until the trigger (step ``stop``, when EC is on), then 0, and sfpo/fast_steps is K while
+    sfpo/alpha > 0, as the engine logs them. ``settings``: dotted config keys to add or change
+    (``{"data.batch_size": 8}``)."""
     (run_dir / ".hydra").mkdir(parents=True)
     text = CONFIG.format(seed=seed, iters=ITERS, K=K, alpha=alpha, slow=str(slow).lower(),
                          ec=str(ec).lower(), decay=decay, model=model, experiment=experiment)  # fmt: skip
@@ -67,7 +70,7 @@ def write_run(
         text = yaml.safe_dump(tree)
     (run_dir / ".hydra" / "config.yaml").write_text(text)
     fields = ["step", "train/acc", "train/entropy", "train/reward", "train/response_length/mean",
-              "train/rollouts", "train/wall_clock_s", "sfpo/alpha", "sfpo/stop_step",
+              "train/rollouts", "train/wall_clock_s", "sfpo/alpha", "sfpo/fast_steps", "sfpo/stop_step",
               "sfpo/snapshot_bytes", "perf/peak_mem_gb", "val/toy/acc", "val/avg"]  # fmt: skip
     sec = 1.0 if alpha == 0 else 1.0 + K / 3
     rows = []
@@ -79,11 +82,12 @@ def write_run(
         if step == 0:
             continue
         stopped = stop is not None and ec and alpha > 0 and step >= stop
+        used = 0.0 if stopped or alpha == 0 else alpha  # the engine: K fast passes iff used > 0
         rows.append({
             "step": step, "train/acc": 0.2 + 0.01 * gain * step + 0.001 * seed,
             "train/entropy": 0.5 - 0.01 * step, "train/reward": 0.3 + 0.01 * step,
             "train/response_length/mean": 10 + 0.1 * step, **cost,
-            "sfpo/alpha": 0.0 if stopped or alpha == 0 else alpha,
+            "sfpo/alpha": used, "sfpo/fast_steps": float(K if used > 0 else 0),
             "sfpo/stop_step": stop if stopped else math.nan,
             "sfpo/snapshot_bytes": 0.0 if alpha == 0 else 3.2e6,
             "perf/peak_mem_gb": 0.70 + (0.01 if alpha > 0 else 0.0) + 0.001 * seed,
@@ -102,6 +106,8 @@ def write_all(root: Path, seeds: tuple[int, ...] = (0, 1)) -> Path:
         jobs += [
             ("paper_main", {"alpha": 0.0, "gain": 1.0, "seed": s}),
             ("paper_main", {"alpha": 0.8, "gain": 2.0, "seed": s}),
+            # GRPO-μ: alpha = 1 with slow correction (K + 1 passes per batch, no reposition)
+            ("paper_main", {"alpha": 1.0, "gain": 1.5, "seed": s}),
             ("ablation_k_alpha", {"alpha": 0.3, "K": 3, "gain": 1.5, "seed": s}),
             ("ablation_k_alpha", {"alpha": 0.6, "K": 7, "gain": 1.2, "seed": s}),
             ("slow_correction", {"alpha": 0.8, "slow": False, "gain": 1.1, "seed": s}),

@@ -69,15 +69,22 @@ def test_fig2_validation_curves_and_paired_change(df: pd.DataFrame) -> None:
     fig = figures.fig2(df)
     top, bottom = fig.axes
     x = [0.0, 5.0, 10.0]
-    check(top, {"GRPO (n=2)": (x, val_avg(1.0)), "SFPO(K=3, α=0.8) (n=2)": (x, val_avg(2.0))})
-    change = {"GRPO (n=2)": (x, [0.0, 5.0, 10.0]), "SFPO(K=3, α=0.8) (n=2)": (x, [0.0, 10.0, 20.0])}
+    check(top, {"GRPO (n=2)": (x, val_avg(1.0)), "GRPO-μ(K=3) (n=2)": (x, val_avg(1.5)), "SFPO(K=3, α=0.8) (n=2)": (x, val_avg(2.0))})  # fmt: skip
+    change = {"GRPO (n=2)": (x, [0.0, 5.0, 10.0]), "GRPO-μ(K=3) (n=2)": (x, [0.0, 7.5, 15.0]), "SFPO(K=3, α=0.8) (n=2)": (x, [0.0, 10.0, 20.0])}  # fmt: skip
     check(bottom, change)
     # bands: Student t over 2 seeds on top; the paired change is the same for both seeds
     ys = np.concatenate([p.vertices[:, 1] for p in top.collections[0].get_paths()])
     assert (ys.min(), ys.max()) == pytest.approx((20.5 - T_HALF, 30.5 + T_HALF))
-    ys = np.concatenate([p.vertices[:, 1] for p in bottom.collections[1].get_paths()])
+    ys = np.concatenate([p.vertices[:, 1] for p in bottom.collections[2].get_paths()])
     assert (ys.min(), ys.max()) == pytest.approx((0.0, 20.0))
     assert top.get_title() == "tiny-qwen2" and "Fig. 2" in fig._suptitle.get_text()
+    # GRPO grey, GRPO-μ and SFPO two other, distinct colours; the note says what GRPO-μ is
+    colors = {ln.get_label(): ln.get_color() for ln in top.lines}
+    assert colors["GRPO (n=2)"] == (0.35, 0.35, 0.35)
+    assert len({str(c) for c in colors.values()}) == 3
+    assert (
+        fig.texts[-1].get_text().startswith("GRPO-μ(K=k) = SFPO with α = 1 and slow correction on")
+    )
     plt.close(fig)
 
 
@@ -88,25 +95,36 @@ def test_fig3_training_dynamics(df: pd.DataFrame) -> None:
     for ax, f in zip(fig.axes, (lambda s: 10 + 0.1 * s, lambda s: 0.5 - 0.01 * s, lambda s: 0.3 + 0.01 * s), strict=True):  # fmt: skip
         raw = [f(s) for s in STEPS]
         y = [float(np.mean(raw[max(0, i - 1) : i + 2])) for i in range(len(raw))]
-        check(ax, {"GRPO (n=2)": (x, y), "SFPO(K=3, α=0.8) (n=2)": (x, y)})
+        check(ax, {"GRPO (n=2)": (x, y), "GRPO-μ(K=3) (n=2)": (x, y), "SFPO(K=3, α=0.8) (n=2)": (x, y)})  # fmt: skip
     assert "tiny-qwen2" in fig._suptitle.get_text()
     plt.close(fig)
 
 
 def test_fig4_cost_curves_and_ratio_bars(df: pd.DataFrame) -> None:
     fig = bar_figures.fig4(df)
-    rollouts, wall, bars = fig.axes
+    rollouts, passes, wall, bars = fig.axes
     target = ([0.0, 1.0], [30.5, 30.5])  # axhline at GRPO's best seed-mean accuracy
+    g, mu, s = "GRPO (n=2)", "GRPO-μ(K=3) (n=2)", "SFPO(K=3, α=0.8) (n=2)"
     r = [0.0, 640.0, 1280.0]
-    check(rollouts, {"GRPO (n=2)": (r, val_avg(1.0)), "SFPO(K=3, α=0.8) (n=2)": (r, val_avg(2.0)), "GRPO's best (target)": target})  # fmt: skip
-    # wall-clock: GRPO 1 s per step, SFPO (K=3) 2 s per step
-    w = {"GRPO (n=2)": ([0.0, 5.0, 10.0], val_avg(1.0)), "SFPO(K=3, α=0.8) (n=2)": ([0.0, 10.0, 20.0], val_avg(2.0))}  # fmt: skip
-    check(wall, w | {"GRPO's best (target)": target})
-    # GRPO reaches 30.5 at step 10, SFPO at step 5: 1280/640 rollouts, 10 s / 10 s
-    assert [p.get_height() for p in bars.patches] == pytest.approx([2.0, 1.0])
+    check(rollouts, {g: (r, val_avg(1.0)), mu: (r, val_avg(1.5)), s: (r, val_avg(2.0)), "GRPO's best (target)": target})  # fmt: skip
+    # update passes: GRPO 1 per batch; SFPO and GRPO-μ 4 (K + 1) until the trigger at step 6,
+    # then 1: 20 after step 5, 25 after step 10
+    p = [0.0, 20.0, 25.0]
+    check(passes, {g: ([0.0, 5.0, 10.0], val_avg(1.0)), mu: (p, val_avg(1.5)), s: (p, val_avg(2.0)), "GRPO's best (target)": target})  # fmt: skip
+    # wall-clock: GRPO 1 s per step, SFPO and GRPO-μ (K=3) 2 s per step
+    w = [0.0, 10.0, 20.0]
+    check(wall, {g: ([0.0, 5.0, 10.0], val_avg(1.0)), mu: (w, val_avg(1.5)), s: (w, val_avg(2.0)), "GRPO's best (target)": target})  # fmt: skip
+    # GRPO reaches 30.5 at step 10 (1280 rollouts, 10 passes, 10 s), SFPO at step 5 (640, 20,
+    # 10 s), GRPO-μ (28 at step 5) at step 10 (1280, 25, 20 s)
+    heights = {b.get_gid(): b.get_height() for b in bars.patches}
+    want = {"SFPO|rollouts": 2.0, "SFPO|update passes": 0.5, "SFPO|wall-clock (s)": 1.0,
+            "GRPO-μ|rollouts": 1.0, "GRPO-μ|update passes": 0.4, "GRPO-μ|wall-clock (s)": 0.5}  # fmt: skip
+    assert heights == pytest.approx(want)
     ticks = [t.get_text() for t in bars.get_xticklabels()]
-    assert ticks == ["tiny-qwen2\nrollouts", "tiny-qwen2\nwall-clock (s)"]
-    assert [t.get_text().split("\n")[0] for t in bars.texts] == ["2.00x", "1.00x"]
+    assert ticks == [f"tiny-qwen2\n{c}" for c in ("rollouts", "update passes", "wall-clock (s)")]
+    # the seeds differ only in level, the same in both arms: every paired resample agrees
+    assert [t.get_text().split("\n")[:2] for t in bars.texts][:2] == [["2.00x", "[2.00, 2.00]"], ["0.50x", "[0.50, 0.50]"]]  # fmt: skip
+    assert "paired bootstrap" in fig._suptitle.get_text() and "GRPO-μ" in fig._suptitle.get_text()
     plt.close(fig)
 
 
@@ -115,7 +133,11 @@ def test_fig5_k_alpha_and_slow_correction(df: pd.DataFrame) -> None:
     a, b, c, d = fig.axes
     x = [float(s) for s in STEPS]
     grpo, sfpo = ("GRPO (n=2)", (x, train_acc(1.0))), ("SFPO(K=3, α=0.8) (n=2)", (x, train_acc(2.0)))  # fmt: skip
-    check(a, dict([grpo, sfpo, ("SFPO(K=3, α=0.3) (n=2)", (x, train_acc(1.5)))]))
+    mu = ("GRPO-μ(K=3) (n=2)", (x, train_acc(1.5)))  # paper_main's alpha = 1 run, at K = 3
+    check(a, dict([grpo, sfpo, mu, ("SFPO(K=3, α=0.3) (n=2)", (x, train_acc(1.5)))]))
+    # curves in order of the configured alpha: GRPO-μ last, at alpha = 1
+    legend = [t.get_text() for t in a.get_legend().get_texts()]
+    assert legend == ["GRPO (n=2)", "SFPO(K=3, α=0.3) (n=2)", "SFPO(K=3, α=0.8) (n=2)", "GRPO-μ(K=3) (n=2)"]  # fmt: skip
     check(b, dict([grpo, ("SFPO(K=7, α=0.6) (n=2)", (x, train_acc(1.2)))]))
     check(c, dict([grpo, sfpo, ("SFPO(K=3, α=0.8, no slow) (n=2)", (x, train_acc(1.1)))]))
     v = [0.0, 5.0, 10.0]
@@ -124,9 +146,10 @@ def test_fig5_k_alpha_and_slow_correction(df: pd.DataFrame) -> None:
     assert [ax.get_title() for ax in (a, b)] == ["(a) K=3, varying α", "(b) K=7, varying α"]
     note = fig.texts[-1].get_text().splitlines()
     assert note[0].startswith("entropy trigger per run")
-    for label in ("SFPO(K=3, α=0.3)", "SFPO(K=3, α=0.8)", "SFPO(K=3, α=0.8, no slow)", "SFPO(K=7, α=0.6)"):  # fmt: skip
+    for label in ("GRPO-μ(K=3)", "SFPO(K=3, α=0.3)", "SFPO(K=3, α=0.8)", "SFPO(K=3, α=0.8, no slow)", "SFPO(K=7, α=0.6)"):  # fmt: skip
         assert f"{label}: trigger on (window 5), fired at step: s0@6, s1@6" in note
-    assert len(note) == 5  # GRPO is not listed: the trigger is unused at alpha = 0
+    assert note[-2].startswith("GRPO-μ(K=k) = SFPO with α = 1") and note[-1].endswith("(drawn at α = 1 in panels a/b)")  # fmt: skip
+    assert len(note) == 8  # GRPO is not listed: the trigger is unused at alpha = 0
     plt.close(fig)
 
 

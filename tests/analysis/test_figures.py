@@ -60,10 +60,32 @@ def test_published_numbers_beside_ours_when_model_and_data_match(df: pd.DataFram
 
 
 def test_efficiency_frame_hand_computed(df: pd.DataFrame) -> None:
-    eff = bar_figures.efficiency_frame(df).set_index("cost")
+    eff = bar_figures.efficiency_frame(df, n_boot=50).set_index(["method", "cost"])
     # GRPO target 30.5 at step 10 (1280 rollouts, 10 s); SFPO reaches it at step 5 (640, 2 s/step)
-    assert eff.loc["rollouts", "ratio"] == pytest.approx(2.0)
-    assert eff.loc["wall-clock (s)", "ratio"] == pytest.approx(1.0)
+    assert eff.loc[("SFPO", "rollouts"), "ratio"] == pytest.approx(2.0)
+    assert eff.loc[("SFPO", "wall-clock (s)"), "ratio"] == pytest.approx(1.0)
+    assert eff.loc[("GRPO-μ", "rollouts"), "ratio"] == pytest.approx(1.0)
+    assert set(eff["n_seeds"]) == {2} and set(eff["target"]) == {30.5}
+    assert list(eff.columns) == [
+        "model",
+        "label",
+        "ratio",
+        "lo",
+        "hi",
+        "not_reached",
+        "n_seeds",
+        "target",
+    ]
+
+
+def test_per_seed_costs_to_target(df: pd.DataFrame) -> None:
+    per = bar_figures.per_seed_frame(df)
+    assert list(per.columns) == ["model", "method", "label", "seed", "cost", "cost_to_target", "target"]  # fmt: skip
+    got = per.set_index(["method", "seed", "cost"])["cost_to_target"]
+    # target 30.5; seed 0 (val 20 + gain * step): GRPO 30 at step 10 -> never; seed 1: step 10
+    assert got[("GRPO", 0, "rollouts")] == float("inf") and got[("GRPO", 1, "rollouts")] == 1280
+    assert got[("SFPO", 0, "update passes")] == 25 and got[("SFPO", 1, "update passes")] == 20
+    assert got[("GRPO-μ", 0, "wall-clock (s)")] == 20 and got[("GRPO-μ", 1, "rollouts")] == 1280
 
 
 def test_missing_runs_name_what_is_missing(df: pd.DataFrame) -> None:

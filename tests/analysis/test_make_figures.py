@@ -14,7 +14,7 @@ from analysis import make_figures
 EXPECTED = sorted(
     [f"table1.{x}" for x in ("md", "tex", "csv")]
     + [f"fig{i}.{x}" for i in range(1, 9) for x in ("png", "pdf")]
-    + ["fig4_efficiency.csv"]
+    + ["fig4_efficiency.csv", "fig4_per_seed.csv", "summary.json"]
 )
 
 
@@ -49,7 +49,8 @@ def test_collected_data_is_compact_and_regenerates_identical_tables(
     names = {p.name for p in collected.rglob("*") if p.is_file()}
     assert names == {"config.yaml", "metrics.csv"}
     assert make_figures.main(["--runs", str(collected / "runs"), "--out", str(tmp_path), "--only", "table1,fig4"]) == 0  # fmt: skip
-    for name in ("table1.md", "table1.tex", "table1.csv", "fig4_efficiency.csv"):
+    assert make_figures.main(["--runs", str(collected / "runs"), "--out", str(tmp_path), "--only", "summary"]) == 0  # fmt: skip
+    for name in ("table1.md", "table1.tex", "table1.csv", "fig4_efficiency.csv", "fig4_per_seed.csv", "summary.json"):  # fmt: skip
         assert (tmp_path / name).read_text() == (out / name).read_text()
 
 

@@ -26,6 +26,15 @@ from analysis.runs import COLUMNS, discover, load_run, method_label, wandb_run_f
             (3, 0.8, True, True, "linear", 0.5, 4),
             ("SFPO", "SFPO(K=3, α=0.8, τ=0.5, linear decay over 4)"),
         ),
+        # alpha = 1 with slow correction: K + 1 passes, no reposition = the GRPO-μ control
+        ((3, 1.0, True, True, "zero"), ("GRPO-μ", "GRPO-μ(K=3)")),
+        ((7, 1.0, True, False, "linear"), ("GRPO-μ", "GRPO-μ(K=7, no EC)")),
+        (
+            (3, 1.0, True, True, "linear", 0.5, 4),
+            ("GRPO-μ", "GRPO-μ(K=3, τ=0.5, linear decay over 4)"),
+        ),  # fmt: skip
+        # alpha = 1 without slow correction: K plain passes, still labelled SFPO
+        ((3, 1.0, False, True, "zero"), ("SFPO", "SFPO(K=3, α=1, no slow)")),
     ],
 )
 def test_method_label(args: tuple, expected: tuple[str, str]) -> None:
@@ -64,7 +73,7 @@ def test_load_run_reads_config_metrics_and_eval(tmp_path: Path) -> None:
 
 def test_discover_walks_multirun_dirs(runs_root: Path) -> None:
     df = discover([runs_root])
-    assert df["run_id"].nunique() == 18
+    assert df["run_id"].nunique() == 20
     assert set(df["experiment"]) == {"paper_main", "ablation_k_alpha", "slow_correction", "entropy_control", "alpha_decay", "memory_profile"}  # fmt: skip
     assert discover([runs_root / "nothing"]).empty
 
