@@ -39,8 +39,11 @@ import yaml  # noqa: E402
 from sfpo_lab.rundir import summary_is_current  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+COLLECTED = REPO / "paper_figures" / "repro_runs"  # config + metrics of every run, committed
 HEADLINE_SEEDS = range(10)
 ABLATION_SEEDS = range(3)
+# grid cells of conf/experiment/repro/* that the plan leaves out, and why
+LEFT_OUT = {"ablation_k_alpha: sfpo.K=7 sfpo.alpha=0.8": "the costliest cell (8 passes per batch): budget"}  # fmt: skip
 COMMON = ("wandb.mode=disabled", "checkpoint.every=10", "checkpoint.save_best=false")
 
 
@@ -125,7 +128,11 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
         f"[reproduce] {time.strftime('%H:%M:%S')} start {run.name}{' (resume)' if resume else ''}"
     )
     with open(log, "a") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        # its own session: a Ctrl-C reaches only this runner, which forwards SIGTERM (the
+        # signal training saves on; Lightning exits on SIGINT without saving)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         live[run.name] = proc
         rc = proc.wait()
         live.pop(run.name, None)
@@ -148,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-figures", action="store_true", help="stop after the runs")
     args = p.parse_args(argv)
     root = args.root.resolve()
+    if root == COLLECTED or COLLECTED in root.parents or root in COLLECTED.parents:
+        p.error(f"--root {root}: overlaps {COLLECTED}, the collected copy rebuilt at the end")
     runs = [r for r in plan() if not args.only or any(r.name.startswith(o) for o in args.only)]
     if args.dry_run:
         for r in runs:
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum: int, _frame: object) -> None:
         """No new runs; the running ones get SIGTERM, save ``last.ckpt`` and exit."""
         live["stopping"] = True
-        for proc in [v for k, v in live.items() if k != "stopping"]:
+        for proc in [v for k, v in list(live.items()) if k != "stopping"]:
             proc.send_signal(signal.SIGTERM)
         print(f"[reproduce] signal {signum}: running jobs save and stop; rerun to resume")
 
@@ -179,9 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from analysis import make_figures
 
-    dest = REPO / "paper_figures" / "repro_runs"
-    shutil.rmtree(dest, ignore_errors=True)  # a derived copy: rebuilt whole from the runs
-    return make_figures.main(["--runs", str(root), "--collect", str(dest)])
+    shutil.rmtree(COLLECTED, ignore_errors=True)  # a derived copy: rebuilt whole from the runs
+    return make_figures.main(["--runs", str(root), "--collect", str(COLLECTED)])
 
 
 if __name__ == "__main__":

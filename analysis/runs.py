@@ -64,10 +64,12 @@ def method_label(
     SFPO) and every setting that differs from the authors' (slow correction on, entropy
     control on with tau = 1, decay ``zero``); what the trigger governs is not named when the
     trigger is off, since nothing reads it then. alpha = 1 without slow correction stays
-    ``SFPO(..., no slow)`` (K plain passes)."""
+    ``SFPO(..., no slow)`` (K plain passes), and with a linear decay after the trigger
+    ``SFPO(..., α=1, linear decay ...)`` (alpha then falls through (0, 1): a reposition)."""
     if alpha == 0:
         return "GRPO", "GRPO"
-    mu = alpha == 1 and slow
+    # a linear decay after the trigger repositions (alpha in (0, 1)): not the control any more
+    mu = alpha == 1 and slow and (not ec or decay == "zero")
     parts = [f"K={K}"] if mu else [f"K={K}", f"α={alpha:g}"]
     if not slow:
         parts.append("no slow")

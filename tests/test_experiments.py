@@ -183,10 +183,16 @@ def test_grpo_mu_is_alpha_one_with_slow_correction_and_nothing_else():
     mu, sfpo = _run("repro/paper_main", ["algorithm=grpo_mu"]), _run("repro/paper_main", [])
     assert (mu.sfpo.alpha, mu.sfpo.slow_correction, mu.sfpo.K) == (1.0, True, 3)
     assert mu.sfpo.entropy_control == sfpo.sfpo.entropy_control and mu.sfpo.decay == sfpo.sfpo.decay
-    with pytest.raises(ConfigError, match=r"sfpo\.alpha=0\.8.*contradict algorithm=grpo_mu"):
-        _run("repro/paper_main", ["algorithm=grpo_mu", "sfpo.alpha=0.8"])
-    with pytest.raises(ConfigError, match=r"slow_correction=False contradict algorithm=grpo_mu"):
-        _run("repro/paper_main", ["algorithm=grpo_mu", "sfpo.slow_correction=false"])
+    for over, named in [
+        ("sfpo.alpha=0.8", r"sfpo\.alpha=0\.8"),
+        ("sfpo.slow_correction=false", r"sfpo\.slow_correction=False"),
+        ("sfpo.K=0", r"sfpo\.K=0"),
+        ("sfpo.decay=linear sfpo.decay_steps=5", r"sfpo\.decay='linear'"),  # a reposition
+        ("sfpo.optimizer_state_after_fast=reset", r"optimizer_state_after_fast='reset'"),
+        ("sfpo.slow_old_logprobs=recompute", r"slow_old_logprobs='recompute'"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"{named} contradict\(s\) algorithm=grpo_mu"):
+            _run("repro/paper_main", ["algorithm=grpo_mu", *over.split()])
 
 
 def test_repro_is_paired_powered_and_runs_the_authors_sfpo():

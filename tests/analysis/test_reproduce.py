@@ -94,3 +94,24 @@ def test_launch_resumes_from_last_and_never_calls_an_unfinished_run_done(tmp_pat
     assert argv[:3] == ["train.py", "experiment=repro/paper_main", "seed=3"]
     assert ("ckpt_path=last" in argv) is has_ckpt and f"hydra.run.dir={run_dir}" in argv
     assert "checkpoint.every=10" in argv  # an interrupted run has something to resume from
+
+
+def test_plan_covers_the_k_alpha_grid_but_the_cells_it_names_as_left_out():
+    grid = OmegaConf.load(
+        CONF / "experiment" / "repro" / "ablation_k_alpha.yaml"
+    ).hydra.sweeper.params
+    cells = {(int(k), float(a)) for k in str(grid["sfpo.K"]).split(",") for a in str(grid["sfpo.alpha"]).split(",")}  # fmt: skip
+    planned = {(3, 0.8), (3, 1.0)}  # the headline SFPO and GRPO-mu runs
+    for r in reproduce.plan():
+        if r.name.startswith("k_alpha/"):
+            over = dict(o.split("=", 1) for o in r.overrides if o.startswith("sfpo."))
+            planned.add((int(over["sfpo.K"]), float(over["sfpo.alpha"])))
+    assert cells - planned == {(7, 0.8)} and planned <= cells
+    assert list(reproduce.LEFT_OUT) == ["ablation_k_alpha: sfpo.K=7 sfpo.alpha=0.8"]
+
+
+def test_a_root_inside_the_collected_copy_is_refused_before_anything_is_deleted(capsys):
+    for root in (reproduce.COLLECTED, reproduce.COLLECTED / "repro", reproduce.REPO / "paper_figures"):  # fmt: skip
+        with pytest.raises(SystemExit) as err:
+            reproduce.main(["--root", str(root), "--dry-run"])
+        assert err.value.code == 2 and "overlaps" in capsys.readouterr().err

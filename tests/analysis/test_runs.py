@@ -31,8 +31,8 @@ from analysis.runs import COLUMNS, discover, load_run, method_label, wandb_run_f
         ((7, 1.0, True, False, "linear"), ("GRPO-μ", "GRPO-μ(K=7, no EC)")),
         (
             (3, 1.0, True, True, "linear", 0.5, 4),
-            ("GRPO-μ", "GRPO-μ(K=3, τ=0.5, linear decay over 4)"),
-        ),  # fmt: skip
+            ("SFPO", "SFPO(K=3, α=1, τ=0.5, linear decay over 4)"),
+        ),  # fmt: skip  (the decay repositions: not the GRPO-μ control)
         # alpha = 1 without slow correction: K plain passes, still labelled SFPO
         ((3, 1.0, False, True, "zero"), ("SFPO", "SFPO(K=3, α=1, no slow)")),
     ],
