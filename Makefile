@@ -39,7 +39,7 @@ test: $(STAMP)
 mutation: $(STAMP)
 	$(BIN)/python -m tests.mutation
 
-# the CPU reproduction behind paper_figures/ (docs/reproduction.md): 54 runs, 2 at a time,
+# the CPU reproduction behind paper_figures/ (docs/reproduction.md): 57 runs, 2 at a time,
 # resumable (rerun after an interruption), then every table and figure; ARGS e.g. --dry-run
 reproduce: $(STAMP)
 	$(BIN)/python analysis/reproduce.py $(ARGS)

@@ -1,10 +1,10 @@
 """Regenerate every table and figure of the paper from runs.
 
-    python analysis/make_figures.py                      # from the committed paper_figures/toy_runs
+    python analysis/make_figures.py                      # from the committed runs (DEFAULT_RUNS)
     python analysis/make_figures.py --runs outputs/train  # any Hydra run/multirun dirs (repeatable)
     python analysis/make_figures.py --wandb-project ENTITY/PROJECT --wandb-group toy/paper_main
     python analysis/make_figures.py --only fig5 --out /tmp/figs
-    python analysis/make_figures.py --runs /work/runs_toy --collect paper_figures/toy_runs
+    python analysis/make_figures.py --runs outputs/repro --collect paper_figures/repro_runs
 
 A table or figure whose runs are missing prints one line saying what is missing; the others are
 still made. One that would pool or compare runs with different settings (analysis.identity) is
@@ -39,7 +39,9 @@ from analysis.runs import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = REPO / "paper_figures" / "toy_runs"
+# the committed runs: the CPU reproduction (analysis/reproduce.py) and, for Table 2 only, the
+# earlier one-digit toy task's skywork twin (docs/reproduction.md)
+DEFAULT_RUNS = [REPO / "paper_figures" / "repro_runs", REPO / "paper_figures" / "toy_runs"]
 DEFAULT_OUT = REPO / "paper_figures"
 TABLES: dict[str, Callable[..., str]] = {"table1": tables.table1, "table2": tables.table2}
 FIGURES: dict[str, Callable] = {
@@ -109,7 +111,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--runs", type=Path, action="append", help=f"run root (repeatable; default {DEFAULT_RUNS.relative_to(REPO)})")  # fmt: skip
+    p.add_argument("--runs", type=Path, action="append", help=f"run root (repeatable; default {' + '.join(str(r.relative_to(REPO)) for r in DEFAULT_RUNS)})")  # fmt: skip
     p.add_argument("--wandb-project", help="entity/project to read runs from with wandb.Api()")
     p.add_argument("--wandb-group", help="only W&B runs of this group")
     p.add_argument("--wandb-tag", action="append", help="only W&B runs with any of these tags")
@@ -122,7 +124,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.runs is None and not args.wandb_project:
-        args.runs = [DEFAULT_RUNS]
+        args.runs = list(DEFAULT_RUNS)
     only = [x for o in args.only or [] for x in o.split(",") if x]
     unknown = sorted(set(only) - set(OUTPUTS))
     if unknown:

@@ -42,8 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 COLLECTED = REPO / "paper_figures" / "repro_runs"  # config + metrics of every run, committed
 HEADLINE_SEEDS = range(10)
 ABLATION_SEEDS = range(3)
-# grid cells of conf/experiment/repro/* that the plan leaves out, and why
-LEFT_OUT = {"ablation_k_alpha: sfpo.K=7 sfpo.alpha=0.8": "the costliest cell (8 passes per batch): budget"}  # fmt: skip
 COMMON = ("wandb.mode=disabled", "checkpoint.every=10", "checkpoint.save_best=false")
 
 
@@ -72,6 +70,7 @@ def plan() -> list[Run]:
         "memory_profile/grpo": (f"{exp}memory_profile", "algorithm=grpo"),
         "memory_profile/sfpo": (f"{exp}memory_profile", "algorithm=sfpo"),
         "k_alpha/K7_a0.3": (f"{exp}ablation_k_alpha", "sfpo.K=7", "sfpo.alpha=0.3"),
+        "k_alpha/K7_a0.8": (f"{exp}ablation_k_alpha", "sfpo.K=7", "sfpo.alpha=0.8"),
         "k_alpha/K7_a1.0": (f"{exp}ablation_k_alpha", "sfpo.K=7", "sfpo.alpha=1.0"),
     }
     runs += [Run(f"{n}_s{s}", (*o, f"seed={s}")) for n, o in ablations.items() for s in ABLATION_SEEDS]  # fmt: skip
