@@ -33,9 +33,9 @@ ARMS = ("SFPO", "GRPO-μ")  # each compared with GRPO, paired by seed
 
 def fig4_arms(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
     """``{model: {method: runs}}`` of paper_main (GRPO and at least one of SFPO, GRPO-μ),
-    with ``train/update_passes`` added; replicas once, one configuration per method, and only
-    the seeds every arm ran (so every ratio, the per-seed costs and the target ``A*`` are
-    computed on one seed set)."""
+    with ``train/update_passes`` added; replicas once, one configuration per method. Each
+    ratio pairs GRPO with one arm over the seeds both ran (its own target); with complete seed
+    sets every arm shares one seed set and one target."""
     runs = dedupe(runs_for(df, ["paper_main"]))
     check_pooling(runs, "Fig. 4")
     runs = with_update_passes(runs)
@@ -48,8 +48,7 @@ def fig4_arms(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
                 one_variant(sel, "paper_main", model)
                 arms[method] = sel
         if "GRPO" in arms and len(arms) > 1:
-            common = set.intersection(*(set(a["seed"].unique()) for a in arms.values()))
-            out[model] = {k: a[a["seed"].isin(common)] for k, a in arms.items()}
+            out[model] = arms
     if not out:
         raise MissingRuns("paper_main needs GRPO and SFPO (or GRPO-μ) runs with val/avg")
     return out
@@ -57,7 +56,7 @@ def fig4_arms(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
 
 def efficiency_frame(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per model, arm (SFPO, GRPO-μ) and cost: the GRPO/arm ratio with its paired bootstrap
-    CI over the seeds every arm ran (see analysis.efficiency), ``not_reached`` and the target."""
+    CI over the seeds both ran (see analysis.efficiency), ``not_reached`` and the target."""
     out = []
     for model, arms in fig4_arms(df).items():
         for arm in (a for a in ARMS if a in arms):
