@@ -11,7 +11,8 @@ per batch, no reposition)::
     wall_clock_ratio, grpo_mu_wall_clock_ratio:  {"ratio", "ci_lo", "ci_hi", "n_seeds",
         "not_reached"}: GRPO's cost / the method's cost to reach GRPO's best seed-mean
         validation accuracy, paired bootstrap 95 % CI (Fig. 4, analysis.efficiency)
-    target_acc, model, labels, n_boot, ci_method, per_seed
+    target_acc (the SFPO pair's target A*), grpo_mu_target_acc (the GRPO-μ pair's), model,
+    labels, n_boot, ci_method, per_seed
 
 A missing GRPO-μ arm leaves its keys out. Floats are rounded to 4 decimals; a non-finite
 value is written as the string ``"inf"`` / ``"-inf"`` / ``"nan"`` (JSON has no such numbers).
@@ -85,7 +86,9 @@ def summary(df: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> di
         key = ("" if r.method == "SFPO" else "grpo_mu_") + _RATIO_KEYS[r.cost]
         out[key] = {"ratio": _num(r.ratio), "ci_lo": _num(r.lo), "ci_hi": _num(r.hi),
                     "n_seeds": int(r.n_seeds), "not_reached": _num(r.not_reached)}  # fmt: skip
-        out.setdefault("target_acc", _num(r.target))  # SFPO's pair, rollouts: the first row
+        # each pair's target A* (GRPO's best over the seeds the pair shares; one value when
+        # every arm ran the same seeds)
+        out.setdefault("target_acc" if r.method == "SFPO" else "grpo_mu_target_acc", _num(r.target))
     out["per_seed"] = _per_seed(finals)
     return out
 

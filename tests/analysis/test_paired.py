@@ -66,6 +66,7 @@ def test_summary_json_keys_and_values(df: pd.DataFrame) -> None:
     got = json.loads(text)
     ratio_keys = {p + k for p in ("", "grpo_mu_") for k in ("rollout_ratio", "update_pass_ratio", "wall_clock_ratio")}  # fmt: skip
     assert set(got) == {"sfpo_minus_grpo", "sfpo_minus_grpo_mu", "target_acc", "model", "labels",
+                        "grpo_mu_target_acc",
                         "n_boot", "ci_method", "per_seed"} | ratio_keys  # fmt: skip
     assert got["sfpo_minus_grpo"] == {"mean": 7.0, "ci_lo": round(7 - HALF_SG, 4), "ci_hi": round(7 + HALF_SG, 4), "n_seeds": 3}  # fmt: skip
     assert got["sfpo_minus_grpo_mu"] == {"mean": 2.0, "ci_lo": round(2 - HALF_SM, 4), "ci_hi": round(2 + HALF_SM, 4), "n_seeds": 2}  # fmt: skip
@@ -73,6 +74,7 @@ def test_summary_json_keys_and_values(df: pd.DataFrame) -> None:
     # reaches it at step 10 too: 1280 / 1280 rollouts. Only the resample (0, 0, 0) (prob 1/27
     # > 2.5 %) has mean gain 2 and gets there at step 5: the upper bound is 1280 / 640.
     assert got["target_acc"] == 31.0
+    assert got["grpo_mu_target_acc"] == 30.5  # GRPO's best over seeds 0, 1 (the pair's seeds)
     assert got["rollout_ratio"] == {"ratio": 1.0, "ci_lo": 1.0, "ci_hi": 2.0, "n_seeds": 3, "not_reached": 0.0}  # fmt: skip
     # passes: GRPO 10 at step 10; SFPO 4 per batch until the trigger (step 6), then 1: 25
     # (20 at step 5); wall-clock 1 s vs 2 s per step
