@@ -331,25 +331,7 @@ class RunConfig:
                 f"invalid config: sfpo.alpha={a!r} contradicts algorithm=sfpo (allowed: a float "
                 "in (0, 1]; alpha = 0 is plain GRPO: algorithm=grpo)"
             )
-        if self.algorithm == "grpo_mu":
-            self._check_grpo_mu()
-
-    def _check_grpo_mu(self) -> None:
-        """GRPO-mu is K + 1 plain passes per batch and nothing else: every setting that would
-        reposition, reset or re-anchor inside the iteration contradicts it."""
-        s = self.sfpo
-        bad = {
-            "sfpo.alpha": (s.alpha, s.alpha == 1),
-            "sfpo.slow_correction": (s.slow_correction, s.slow_correction),
-            "sfpo.K": (s.K, s.K >= 1),
-            "sfpo.decay": (s.decay, s.decay == "zero"),  # linear: alpha in (0, 1) = a reposition
-            "sfpo.optimizer_state_after_fast": (
-                s.optimizer_state_after_fast,
-                s.optimizer_state_after_fast == "keep",
-            ),  # fmt: skip
-            "sfpo.slow_old_logprobs": (s.slow_old_logprobs, s.slow_old_logprobs == "theta0"),
-        }
-        wrong = ", ".join(f"{k}={v!r}" for k, (v, ok) in bad.items() if not ok)
+        wrong = self.sfpo.grpo_mu_conflicts() if self.algorithm == "grpo_mu" else ""
         if wrong:
             raise ConfigError(
                 f"invalid config: {wrong} contradict(s) algorithm=grpo_mu (GRPO-mu is alpha = 1 "

@@ -77,6 +77,20 @@ class SFPOConfig:
         if self.decay == "linear":
             _check(self.decay_steps >= 1, "sfpo.decay_steps", self.decay_steps, ">= 1 with linear")
 
+    def grpo_mu_conflicts(self) -> str:
+        """The settings that contradict GRPO-mu (K + 1 plain passes per batch and nothing else:
+        alpha 1, slow correction, K >= 1, no decay, optimizer state kept, slow ratio against
+        theta0), as ``"sfpo.<key>=<value>, ..."``; empty when there are none."""
+        ok = {
+            "alpha": self.alpha == 1,
+            "slow_correction": self.slow_correction,
+            "K": self.K >= 1,
+            "decay": self.decay == "zero",  # linear: alpha falls through (0, 1) = a reposition
+            "optimizer_state_after_fast": self.optimizer_state_after_fast == "keep",
+            "slow_old_logprobs": self.slow_old_logprobs == "theta0",
+        }
+        return ", ".join(f"sfpo.{k}={getattr(self, k)!r}" for k, good in ok.items() if not good)
+
 
 @dataclass
 class LossConfig:
