@@ -216,9 +216,9 @@ def _fig8_process_peak(runs: pd.DataFrame) -> plt.Figure:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("peak memory (GiB)")
     ax.set_ylim(0, peak["value"].max() * 1.3)
-    cpu = (runs["scale"] == "toy").all()
+    cpu = (runs["accelerator"] == "cpu").all()
     note = (
-        "NOT a per-stage GPU measurement: toy scale on CPU logs the process peak RSS (Python + torch runtime\n"
+        "NOT a per-stage GPU measurement: on CPU the process peak RSS is logged (Python + torch runtime\n"
         "dominate a ~1M-parameter model); per-stage memory is not logged by the training code."
         if cpu
         else "Peak allocated CUDA memory per run; per-stage memory is not logged by the training code."
@@ -289,7 +289,7 @@ def _fig8_stages(runs: pd.DataFrame) -> plt.Figure:
     ax.set_ylabel("peak memory in the stage (GiB)")
     ax.set_ylim(0, frame["hi"].max() * 1.2)
     ax.legend(loc="upper right")
-    cpu = (runs["scale"] == "toy").all()
+    cpu = (runs["accelerator"] == "cpu").all()
     note = (
         "CPU: resident set size sampled during each stage (the whole process: Python + torch "
         "runtime included)"

@@ -30,6 +30,7 @@ RUN_COLUMNS = [
     "source",
     "experiment",
     "scale",
+    "accelerator",
     "model",
     "data",
     "method",
@@ -107,6 +108,8 @@ def run_attributes(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "experiment": str(extras.get("experiment", "adhoc")),
         "scale": str(extras.get("scale", "paper")),
+        # what the memory metrics mean (CPU RSS or CUDA peak) follows the device, not the label
+        "accelerator": str((cfg.get("trainer") or {}).get("accelerator", "cpu")),
         "model": str((cfg.get("model") or {}).get("name", "unknown")),
         "data": _data_name(cfg.get("data") or {}),
         "method": method,

@@ -65,8 +65,16 @@ def test_bars_are_the_per_run_max_over_iterations_averaged_over_seeds(tmp_path: 
     # the metrics.csv values themselves: SFPO seed 1, fast_2, step 5 (5 % 3 = 2) is the max
     csv = pd.read_csv(tmp_path / "runs" / "memory_profile" / "3" / "metrics.csv")
     assert csv["perf/mem/fast_2"].max() == _value("SFPO", "fast_2", 1, 5) == 3.125
-    assert "per stage" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert "per stage" in title and "CPU: resident set size" in title and "CUDA" not in title
     plt.close(fig)
+    # the note follows trainer.accelerator, not the experiment's scale label (a CPU run labelled
+    # scale=cpu_repro once got the CUDA note)
+    fig = bar_figures.fig8(df.assign(scale="cpu_repro"))
+    assert "CPU: resident set size" in fig._suptitle.get_text()
+    plt.close(fig)
+    fig = bar_figures.fig8(df.assign(accelerator="gpu"))
+    assert "CUDA: peak allocated memory" in fig._suptitle.get_text()
 
 
 def test_runs_without_stage_memory_fall_back_to_the_process_peak(tmp_path: Path) -> None:
