@@ -133,6 +133,8 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
             cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
         live[run.name] = proc
+        if live.get("stopping"):  # the signal came between the check above and the start
+            proc.send_signal(signal.SIGTERM)
         rc = proc.wait()
         live.pop(run.name, None)
     secs = time.perf_counter() - t0
