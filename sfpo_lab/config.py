@@ -62,6 +62,12 @@ class ModelConfig:
     dtype: str = "float32"
     chat_template: bool = False
     activation_checkpointing: bool = False
+    # the attention kernel transformers loads the model with (sfpo_lab/attention.py):
+    # sdpa | eager | flash_attention_2 | ...; the paper configs name flash_attention_2 (verl)
+    attn_implementation: str = "sdpa"
+    # CUDA only: the F.scaled_dot_product_attention backends allowed (flash | efficient | math
+    # | cudnn); null = the set that is safe for the pinned torch (sfpo_lab/attention.py)
+    sdpa_backends: list[str] | None = None
     tiny: TinyModelConfig | None = field(default_factory=TinyModelConfig)
     warmup: WarmupConfig | None = field(default_factory=WarmupConfig)
     # the paper's SFPO alpha for this model (0.9 for Qwen3-4B-Base); conf/algorithm/sfpo.yaml
@@ -282,6 +288,9 @@ class RunConfig:
     iterations: int = 40  # rollout batches
     task_name: str = "train"
     ckpt_path: str | None = None  # resume from this checkpoint ("last" = <output_dir>/last.ckpt)
+    # load a checkpoint that needs full unpickling (runs code from the file): only for files
+    # you made yourself; every other load is torch.load(weights_only=True)
+    trust_checkpoint: bool = False
     sfpo: SFPOConfig = field(default_factory=SFPOConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
