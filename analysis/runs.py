@@ -53,7 +53,7 @@ class MissingRuns(LookupError):
 
 
 # config nodes that hold Hydra-only interpolations (${hydra:...}); not needed for labels
-_UNRESOLVABLE = ("paths", "logger", "callbacks", "hydra")
+_UNRESOLVABLE = ("logger", "callbacks", "hydra")
 
 
 def method_label(
@@ -127,13 +127,22 @@ def run_attributes(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config, resolved: ``.hydra/config.yaml`` (Hydra-only nodes dropped first),
-    else Lightning's ``hparams.yaml`` (already resolved)."""
+    """The run's config, resolved: ``.hydra/config.yaml`` (Hydra-only nodes dropped first,
+    each ``paths.<key>`` replaced by the placeholder ``<paths.<key>>``), else Lightning's
+    ``hparams.yaml`` (already resolved).
+
+    ``paths`` holds ``${hydra:...}`` and environment lookups (``SFPO_DATA_DIR``) that cannot be
+    resolved, or would resolve to this machine's values, when the run is analysed; the settings
+    that point into it (``data.train_files: ${paths.data_dir}/train/...``) keep the file names
+    the labels and identity read, machine-independently."""
     path = run_dir / ".hydra" / "config.yaml"
     if path.is_file():
         cfg = OmegaConf.load(path)
         for key in _UNRESOLVABLE:
             cfg.pop(key, None)
+        paths = cfg.get("paths")
+        if paths is not None:
+            cfg.paths = {str(k): f"<paths.{k}>" for k in paths}
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return OmegaConf.to_container(OmegaConf.load(run_dir / "hparams.yaml"), resolve=False)  # type: ignore[return-value]
 

@@ -118,3 +118,27 @@ def test_incomplete_runs_are_named(tmp_path: Path) -> None:
     cut = load_run(write_run(tmp_path / "cut", "paper_main", seed=1), run_id="cut")
     cut = cut[cut["step"] <= ITERS - 3]  # as if killed three iterations early
     assert incomplete_runs(pd.concat([done, cut])) == ["cut"]
+
+
+def test_a_run_on_data_files_loads_without_its_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 10: data=dapo_math interpolates ``${paths.data_dir}``, and ``paths`` holds
+    ``${hydra:...}``: the config loads, is labelled dapo_math, and its identity does not depend
+    on where this machine keeps the data."""
+    settings = {
+        "data.kind": "files",
+        "data.train_files": ["${paths.data_dir}/train/dapo_math_train.parquet"],
+        "data.benchmarks_dir": "${paths.data_dir}/benchmarks",
+        "paths.root_dir": "${oc.env:PROJECT_ROOT,.}",
+        "paths.data_dir": "${oc.env:SFPO_DATA_DIR,${paths.root_dir}/../shared/data}",
+    }
+    run = write_run(tmp_path / "r", "paper_main", seed=0, settings=settings)
+    monkeypatch.setenv("SFPO_DATA_DIR", "/data/here")
+    here = load_run(run)
+    monkeypatch.setenv("SFPO_DATA_DIR", "/data/elsewhere")
+    elsewhere = load_run(run)
+    assert set(here["data"]) == {"dapo_math"}
+    assert set(here["identity"]) == set(elsewhere["identity"])
+    config = json.loads(here["config"].iloc[0])
+    assert config["data.train_files"] == ["<paths.data_dir>/train/dapo_math_train.parquet"]
