@@ -134,7 +134,8 @@ class LossConfig:
             self.policy_loss,
             " | ".join(POLICY_LOSSES) + (presets if self.policy_loss in ("dapo", "drgrpo") else ""),
         )
-        _choice("loss.kl_kind", self.kl_kind, tuple(KL_KINDS))
+        # "<kind>+": the value of <kind> with k2's gradient (straight-through, verl's "+")
+        _choice("loss.kl_kind", self.kl_kind, (*KL_KINDS, *(k + "+" for k in KL_KINDS)))
 
     def policy_loss_kwargs(self) -> dict[str, Any]:
         """Exactly the keyword arguments the trainer passes to the policy loss (besides the

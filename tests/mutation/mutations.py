@@ -13,6 +13,7 @@ from dataclasses import dataclass
 CATCHERS = "tests/algos/test_mutation_catchers.py"
 ENGINE = "tests/algos/test_sfpo_engine.py"
 EQUIV = "tests/test_equivalence.py"
+REF = "tests/reference/test_update_reference.py"
 
 
 @dataclass(frozen=True)
@@ -163,5 +164,102 @@ MUTATIONS: tuple[Mutation, ...] = (
         "return 1.0 if grade.boxed else 0.0",
         ("tests/rewards/test_reward_schemes.py::test_authors_scheme_values",),
         "a boxed but wrong answer paid like a correct one",
+    ),
+    # ---- one per term of the update (issue 29): each caught by the independent reference
+    Mutation(
+        "entropy_bonus_sign",
+        "sfpo_lab/stages.py",
+        "            loss = loss - lc.entropy_coeff * ent\n",
+        "            loss = loss + lc.entropy_coeff * ent\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[entropy_coeff-padded]",),
+        "the entropy bonus added to the loss (entropy minimised instead of kept up)",
+    ),
+    Mutation(
+        "entropy_coeff_dropped",
+        "sfpo_lab/stages.py",
+        "            loss = loss - lc.entropy_coeff * ent\n",
+        "            loss = loss - ent\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[entropy_coeff-padded]",),
+        "the entropy bonus without its coefficient",
+    ),
+    Mutation(
+        "kl_term_sign",
+        "sfpo_lab/stages.py",
+        "            loss = loss + lc.kl_coef * kl\n",
+        "            loss = loss - lc.kl_coef * kl\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[kl_k3-padded]",),
+        "the KL-to-reference term rewarded instead of penalised",
+    ),
+    Mutation(
+        "kl_coef_dropped",
+        "sfpo_lab/stages.py",
+        "            loss = loss + lc.kl_coef * kl\n",
+        "            loss = loss + kl\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[kl_k3-padded]",),
+        "the KL term without its coefficient",
+    ),
+    Mutation(
+        "kl_straight_through_dropped",
+        "sfpo_lab/algos/losses.py",
+        "    return k2 - k2.detach() + value.detach()\n",
+        "    return value\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[kl_k3_straight_through-padded]",),
+        "'k3+' takes k3's gradient instead of k2's (straight-through lost)",
+    ),
+    Mutation(
+        "temperature_forward_dropped",
+        "sfpo_lab/algos/logits.py",
+        "    return z.to(dtype) / t  # always",
+        "    return z.to(dtype) * 1.0  # always",
+        (f"{REF}::test_temperature_enters_every_path[1.3-padded]",),
+        "log-probs and entropy of the raw logits, not logits / T (every chunked and fused path)",
+    ),
+    Mutation(
+        "temperature_backward_dropped",
+        "sfpo_lab/algos/logits.py",
+        "                g.div_(t)\n",
+        "                pass\n",
+        (f"{REF}::test_temperature_enters_every_path[1.3-padded]",),
+        "the chunked backward forgets the 1/T of d(z/T)/dz (gradient T times too large)",
+    ),
+    Mutation(
+        "clip_low_bound_uses_clip_high",
+        "sfpo_lab/algos/losses.py",
+        "torch.clamp(ratio, 1 - clip_low, 1 + clip_high)",
+        "torch.clamp(ratio, 1 - clip_high, 1 + clip_high)",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[clip_asymmetric-padded]",),
+        "the lower clip bound taken from clip_high",
+    ),
+    Mutation(
+        "clip_high_bound_sign",
+        "sfpo_lab/algos/losses.py",
+        "torch.clamp(ratio, 1 - clip_low, 1 + clip_high)",
+        "torch.clamp(ratio, 1 - clip_low, 1 - clip_high)",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[baseline-padded]",),
+        "the upper clip bound below 1 (sign of clip_high flipped)",
+    ),
+    Mutation(
+        "dual_clip_sign",
+        "sfpo_lab/algos/losses.py",
+        "        loss_cap = -advantages * clip_c\n",
+        "        loss_cap = advantages * clip_c\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[dual_clip-padded]",),
+        "the dual-clip cap with the advantage's sign flipped",
+    ),
+    Mutation(
+        "seq_mean_denominator_dropped",
+        "sfpo_lab/algos/losses.py",
+        "        seq_loss = seq_loss / (tokens_per_seq + 1e-8)\n",
+        "        seq_loss = seq_loss / (mask.shape[-1] + 1e-8)\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[agg_seq_mean_token_mean-padded]",),
+        "seq-mean-token-mean divides by the padded width, not each sequence's length",
+    ),
+    Mutation(
+        "loss_scale_factor_ignored",
+        "sfpo_lab/algos/losses.py",
+        "        loss = loss / (mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)\n",
+        "        loss = loss / mask.shape[-1]\n",
+        (f"{REF}::test_each_setting_alone_equals_the_reference[agg_token_sum_norm-padded]",),
+        "Dr. GRPO's constant normaliser (loss.loss_scale_factor) ignored",
     ),
 )
