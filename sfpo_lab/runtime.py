@@ -39,19 +39,55 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+def grad_scaler(trainer: Any) -> Any:
+    """The loss scaler of the trainer's precision plugin (``16-mixed``: Lightning's
+    ``MixedPrecision.scaler``, a ``torch.amp.GradScaler``), or None where the loss is not scaled
+    (every other precision, or a stand-in trainer without a plugin)."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    scaler = getattr(plugin, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float, scaler: Any = None) -> float:
     """Global gradient norm (all shards), clipped to ``max_norm`` when it is > 0.
 
     Works for plain tensors and FSDP2 DTensor gradients (the norm is reduced across ranks).
+
+    With a ``scaler`` (16-mixed) the gradients still hold the loss scale s here: Lightning's
+    ``manual_backward`` scaled the loss, and its plugin unscales only inside
+    ``optimizer.step``. Clipping the scaled gradients to ``s * max_norm`` is clipping the true
+    ones to ``max_norm`` (the clip factor is scale-free), and the norm returned is the true one
+    (divided by s). So the plugin's own ``unscale_`` / ``step`` / ``update`` run unchanged; a
+    second ``unscale_`` before the step would raise in ``GradScaler``.
     """
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    limit = max_norm if max_norm > 0 else float("inf")
+    scale = scaler.get_scale() if scaler is not None else 1.0
+    limit = max_norm * scale if max_norm > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, limit)
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    return float(norm)
+    return float(norm) / scale
+
+
+def skip_scaled_step(optimizer: Any, scaler: Any) -> None:
+    """Tell the loss scaler about an optimizer step skipped as non-finite (no-op without one).
+
+    ``GradScaler.step`` / ``update`` lower the scale (x ``backoff_factor``) only for a step they
+    see; a step skipped before ``optimizer.step`` would leave the scale as it was, overflow
+    again at the next step and stop the run after ``update.max_skipped_steps``. So: record the
+    non-finite gradients (``unscale_``) and ``update``; ``optimizer.step`` is not called, so
+    Lightning's ``global_step`` and the LR schedule count real steps only, as at any precision.
+
+    Args:
+        optimizer: the (Lightning-wrapped or raw) optimizer whose step was skipped.
+        scaler: :func:`grad_scaler`'s result.
+    """
+    if scaler is None:
+        return
+    scaler.unscale_(getattr(optimizer, "optimizer", optimizer))  # the raw torch optimizer
+    scaler.update()
 
 
 @torch.no_grad()

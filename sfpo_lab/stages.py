@@ -37,7 +37,7 @@ from sfpo_lab.perf import NO_STAGES
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rewards.reward import compute_rewards
 from sfpo_lab.rollout.base import SamplingParams, concat_rollouts, derive_seed
-from sfpo_lab.runtime import clip_grad_norm
+from sfpo_lab.runtime import clip_grad_norm, grad_scaler, skip_scaled_step
 
 if TYPE_CHECKING:
     from sfpo_lab.module import SFPOModule
@@ -249,7 +249,10 @@ class UpdatePass:
                 # pg_loss / kl are partial sums over global denominators: add them up
                 w = 1.0 if k in ("pg_loss", "kl") else len(mb.index) / len(mini)
                 stats[k] = stats.get(k, 0.0) + v * w
-        grad_norm = clip_grad_norm(m.policy, run.optim.grad_clip)
+        # 16-mixed: the gradients hold the loss scale until the plugin unscales them inside
+        # opt.step(); the clip and the logged norm account for it (runtime.clip_grad_norm)
+        scaler = grad_scaler(m.trainer)
+        grad_norm = clip_grad_norm(m.policy, run.optim.grad_clip, scaler)
         for k in ("pg_loss", "kl"):
             if k in stats:  # each rank holds dp_size x its share of the global mean
                 stats[k] = _sum(m, stats[k]) / world
@@ -263,6 +266,7 @@ class UpdatePass:
                 m.lr_schedulers().step()
             m.consecutive_skips = 0
         else:
+            skip_scaled_step(opt, scaler)  # a loss scaler lowers its scale, as for its own skips
             m.consecutive_skips += 1  # on the module: checkpointed with the other counters
             stats["skipped_steps"] = 1.0
             limit = run.update.max_skipped_steps
