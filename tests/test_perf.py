@@ -134,6 +134,65 @@ def test_cuda_branch_resets_per_stage_and_keeps_the_process_peak(monkeypatch):
     assert runtime.peak_memory_gb(torch.device("cuda:0")) == 4.0  # not just the last stage's
 
 
+def test_the_cumem_double_keeps_torch_allocated_through_sleep_as_vllm_does(monkeypatch):
+    """vLLM's sleep unmaps its pool's pages but keeps the tensors: ``memory_allocated`` does not
+    move, ``mem_get_info`` sees the pages go; level 1 copies the weights to host and back."""
+    from tests.doubles.cumem import FakeCuda, FakeCuMemAllocator, start_engine, suspend
+
+    cuda = FakeCuda().install(monkeypatch)
+    pool = FakeCuMemAllocator(cuda)
+    start_engine(pool, weights=3 * 2**30, kv_cache=5 * 2**30)
+    segments = {d.tag: d.handle[1] for d in pool.pointer_to_data.values()}
+    allocated, free_awake = torch.cuda.memory_allocated(), torch.cuda.mem_get_info()[0]
+    assert allocated == 8 * 2**30
+    suspend(pool, level=2)
+    assert torch.cuda.memory_allocated() == allocated  # vLLM issues 17117, 33625
+    assert torch.cuda.mem_get_info()[0] - free_awake == sum(segments.values())
+    assert pool.host_copies == 0  # level 2 keeps nothing
+    pool.wake_up(tags=["weights"])  # the KV cache stays unmapped
+    assert free_awake + segments["kv_cache"] == torch.cuda.mem_get_info()[0]
+    pool.wake_up(tags=["kv_cache"])
+    suspend(pool, level=1)
+    pool.wake_up()
+    assert pool.host_copies == 2 * segments["weights"]  # out at sleep, back at wake
+    assert torch.cuda.memory_allocated() == allocated
+
+
+def test_cuda_stage_memory_leaves_out_a_sleeping_vllm_engines_pool(monkeypatch):
+    """Fig. 8 beside a colocated vLLM engine: without ``engine_bytes`` every stage carries the
+    sleeping engine's 8 GiB; with it, the trainer's memory only."""
+    from tests.doubles.cumem import FakeCuda, FakeCuMemAllocator, start_engine, suspend
+
+    cuda = FakeCuda().install(monkeypatch)
+    monkeypatch.setattr(perf, "_cuda_peak_before_reset", {})
+    pool = FakeCuMemAllocator(cuda)
+    start_engine(pool, weights=3 * 2**30, kv_cache=5 * 2**30)
+    suspend(pool, level=2)
+    cuda.alloc(1 * 2**30)  # the trainer's weights and optimizer state
+
+    def iteration(mem: StageMemory) -> dict[str, float]:
+        with mem.stage("rollout"):
+            pool.wake_up(tags=["weights"])
+            pool.wake_up(tags=["kv_cache"])
+            cuda.alloc(2**29)  # generation: activations outside vLLM's pool
+            cuda.free(2**29)
+            suspend(pool, level=2)
+        with mem.stage("fast_1"):
+            cuda.alloc(2 * 2**30)
+            cuda.free(2 * 2**30)
+        return mem.metrics()
+
+    def pool_bytes() -> int:
+        from sfpo_lab.rollout.vllm_memory import cumem_pool_bytes
+
+        return cumem_pool_bytes(pool)
+
+    today = iteration(StageMemory("cuda:0"))
+    assert today == {PREFIX + "rollout": 9.5, PREFIX + "fast_1": 11.0}  # trainer + engine
+    mem = StageMemory("cuda:0", engine_bytes=pool_bytes)
+    assert iteration(mem) == {PREFIX + "rollout": 1.5, PREFIX + "fast_1": 3.0}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_stage_peak_on_a_real_device():
