@@ -36,6 +36,10 @@ Semantics, as read in vLLM 0.32's source (the copy installed in ``.venv``, same 
   (``vllm/v1/sample/ops/topk_topp_sampler.py``: ``q.exponential_()``), here the torch global
   RNG; stop tokens are kept at the end of ``token_ids``.
 
+* Memory: with ``FakeLLM.cumem`` set (a ``tests/doubles/cumem.py`` allocator), a sleep-mode
+  engine allocates its weights and KV cache in that allocator's pools at start-up, and
+  ``sleep`` / ``wake_up`` unmap and map them as ``CuMemBackend`` does.
+
 ``FAKE_VLLM`` is a stand-in for the ``vllm`` module (``LLM`` and ``SamplingParams``).
 """
 
@@ -50,6 +54,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
+from tests.doubles.cumem import FakeCuMemAllocator, start_engine, suspend
 
 SLEEP_TAGS = {"weights", "kv_cache"}
 VOCAB, PAD, EOS = 32, 0, 1  # as conftest.py
@@ -113,6 +118,8 @@ class FakeLLM:
     """
 
     instances: list[FakeLLM] = []
+    cumem: FakeCuMemAllocator | None = None  # the sleep pool's accounting, when a test sets it
+    KV_CACHE_BYTES = 64 * 2**20
 
     def __init__(self, model: str, **kwargs: Any) -> None:
         self.tp_group = _tp_group(kwargs)
@@ -125,6 +132,9 @@ class FakeLLM:
         self.events: list[str] = []
         self.sampling: list[FakeSamplingParams] = []
         FakeLLM.instances.append(self)
+        if self.cumem is not None and kwargs.get("enable_sleep_mode"):
+            weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            start_engine(self.cumem, weights, self.KV_CACHE_BYTES)
 
     # ------------------------------------------------------------------ sleep mode
     def sleep(self, level: int = 1) -> None:
@@ -137,6 +147,8 @@ class FakeLLM:
         self._offloaded = {k: v.clone() for k, v in params.items()} if level == 1 else None
         self.level = level
         self.sleeping_tags |= SLEEP_TAGS
+        if self.cumem is not None:
+            suspend(self.cumem, level)
 
     def wake_up(self, tags: list[str] | None = None) -> bool:
         self.events.append(f"wake_up({tags})")
@@ -147,6 +159,8 @@ class FakeLLM:
         woken = set(self.sleeping_tags) if tags is None else set(tags)
         if "weights" in woken:
             self._wake_weights()
+        if self.cumem is not None:
+            self.cumem.wake_up(sorted(woken))
         self.sleeping_tags -= woken
         return not self.sleeping_tags
 
