@@ -128,7 +128,9 @@ class ExperienceMaker:
         first = m.global_rank * len(prompt_ids)  # ranks hold equal contiguous slices
         seed = derive_seed(m.run_cfg.seed, m.iteration, salt)
         batches = []
-        with m.engine.keep_awake():  # chunks of one rollout batch: no sleep in between
+        # chunks of one rollout batch: no sleep in between; an update follows, so a level-1
+        # vLLM engine need not keep theta on the host (the next push replaces it)
+        with m.engine.keep_awake(replace_weights=True):
             for start in range(0, len(prompt_ids), per):
                 chunk = prompt_ids[start : start + per]
                 keys = list(range(first + start, first + start + len(chunk)))

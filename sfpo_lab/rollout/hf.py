@@ -182,7 +182,7 @@ class HFEngine:
         self._source = WeightSource(tensors, version)
 
     @contextlib.contextmanager
-    def keep_awake(self) -> Iterator[None]:
+    def keep_awake(self, replace_weights: bool = False) -> Iterator[None]:
         """For symmetry with :class:`~sfpo_lab.rollout.vllm.VLLMEngine` (HF never sleeps)."""
         yield
 
