@@ -10,10 +10,16 @@ Each rank sends its share of all prompts of all benchmarks in ONE ``generate`` c
 randomness depends on (run seed, iteration, benchmark, problem, sample) only — never on the
 batch size, the chunking or the number of ranks — with an engine that honours ``keys`` (HF);
 vLLM takes one seed per call (see :mod:`sfpo_lab.rollout.vllm`).
+
+Validation generates under the same precision context as the rollouts: Lightning runs
+``training_step`` (and so every rollout) inside its precision plugin's ``train_step_context``
+(``bf16-mixed`` / ``16-mixed``: autocast to the compute dtype), while callback hooks run outside
+it; :func:`compute_context` gives validation that context too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +46,14 @@ def problem_key(benchmark: str, index: int) -> int:
 def validation_seed(run_seed: int, iteration: int) -> int:
     """The ``generate`` seed of the validation at ``iteration``."""
     return derive_seed(run_seed, iteration, VAL_SALT)
+
+
+def compute_context(trainer: Any) -> contextlib.AbstractContextManager:
+    """The precision context Lightning wraps ``training_step`` in (its precision plugin's
+    ``train_step_context``: autocast to the compute dtype under ``*-mixed``, nothing under
+    ``*-true`` or the FSDP2 policy), so that validation computes as the rollouts do."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    return plugin.train_step_context() if plugin is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -181,9 +195,23 @@ class ValidationCallback(L.Callback):
     def run(self, trainer: L.Trainer, pl_module: Any) -> dict[str, float]:
         """Evaluate every benchmark now; log and return the metrics."""
         pl_module.ensure_ready()
-        pl_module.sync_engine()  # a no-op for engines that pull from their weight source
+        # weight push and generation in the rollouts' context (a callback hook runs outside it)
+        with compute_context(trainer):
+            pl_module.sync_engine()  # a no-op for engines that pull from their weight source
+            results = self._evaluate(trainer, pl_module)
+        metrics = validation_metrics(results, ci_seed=pl_module.run_cfg.seed)
+        metrics["train/rollouts"] = float(pl_module.rollouts)
+        metrics["train/wall_clock_s"] = pl_module.wall_clock_s
+        pl_module.log_iteration(metrics)
+        pl_module.last_val = metrics
+        self._last_iteration = pl_module.iteration
+        self.history.append({"iteration": float(pl_module.iteration), **metrics})
+        return metrics
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> dict[str, BenchmarkResult]:
+        """Generate and grade every benchmark with the module's engine, over all ranks."""
         run = pl_module.run_cfg
-        results = evaluate_benchmarks(
+        return evaluate_benchmarks(
             pl_module.engine,
             pl_module.maker.encode,
             pl_module.tokenizer,
@@ -197,11 +225,3 @@ class ValidationCallback(L.Callback):
             reward_scheme=run.rollout.reward_scheme,
             device=pl_module.device,
         )
-        metrics = validation_metrics(results, ci_seed=run.seed)
-        metrics["train/rollouts"] = float(pl_module.rollouts)
-        metrics["train/wall_clock_s"] = pl_module.wall_clock_s
-        pl_module.log_iteration(metrics)
-        pl_module.last_val = metrics
-        self._last_iteration = pl_module.iteration
-        self.history.append({"iteration": float(pl_module.iteration), **metrics})
-        return metrics
