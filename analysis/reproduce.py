@@ -8,8 +8,10 @@ One command, resumable: a run whose ``summary.json`` is current is skipped; an i
 (Ctrl-C / SIGTERM reach the training processes, which save ``last.ckpt`` and exit) resumes
 from its last checkpoint (``ckpt_path=last``); a run dir left without a checkpoint (killed
 hard before its first save) is moved aside to ``<dir>.interrupted-<n>``, never deleted, and
-the run starts again. Each run is its own process with one thread (``OMP_NUM_THREADS=1``),
-``--jobs`` at a time. Finished runs drop their weights (``*.ckpt``); config + metrics stay.
+the run starts again; a dir whose lock is held by a live process is neither moved nor
+started. Each training process ends with this runner (killed with -9 too: it gets SIGTERM,
+saves at its next iteration boundary and exits). Each run is its own process with one thread
+(``OMP_NUM_THREADS=1``), ``--jobs`` at a time. Finished runs drop their weights (``*.ckpt``); config + metrics stay.
 When every run has finished, the compact run data are collected into
 ``paper_figures/repro_runs`` and ``analysis/make_figures.py`` draws every output from them.
 
@@ -36,7 +38,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import yaml  # noqa: E402
 
-from sfpo_lab.rundir import summary_is_current  # noqa: E402
+from sfpo_lab.launcher import die_with_parent  # noqa: E402
+from sfpo_lab.rundir import live_holder, summary_is_current  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTED = REPO / "paper_figures" / "repro_runs"  # config + metrics of every run, committed
@@ -115,6 +118,10 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
         return run, 0, 0.0
     if stopping:
         return run, -2, 0.0  # not started
+    holder = live_holder(run_dir)
+    if holder is not None:  # e.g. the run of a killed reproduce.py, still saving: never moved
+        print(f"[reproduce] {run.name}: in use by a live run ({holder}); not started, not moved")
+        return run, -3, 0.0
     if what == "stale":
         print(f"[reproduce] {run.name}: no checkpoint in the dir; moved to {move_aside(run_dir)}")
     resume = ("ckpt_path=last",) if what == "resume" else ()
@@ -127,11 +134,12 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
         f"[reproduce] {time.strftime('%H:%M:%S')} start {run.name}{' (resume)' if resume else ''}"
     )
     with open(log, "a") as fh:
-        # its own session: a Ctrl-C reaches only this runner, which forwards SIGTERM (the
-        # signal training saves on; Lightning exits on SIGINT without saving)
+        # its own session: a Ctrl-C reaches only this runner, which forwards SIGTERM; started
+        # from this worker thread, which waits for it: the process ends if the runner is killed
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent(),
+        )  # fmt: skip
         live[run.name] = proc
         if live.get("stopping"):  # the signal came between the check above and the start
             proc.send_signal(signal.SIGTERM)

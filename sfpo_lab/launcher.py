@@ -22,6 +22,8 @@ run in their own session, so only this forwarding reaches them (a SLURM-style si
 process would also hit torchrun's agent, which does not survive it: use hydra/launcher=slurm
 there). Running the same command again with ``ckpt_path=last`` and the same
 ``hydra.sweep.dir`` resumes every job from its ``last.ckpt`` (finished jobs end at once).
+A job's process ends with the sweep: if the sweep is killed (``kill -9`` included), the job
+gets SIGTERM (:func:`die_with_parent`) and checkpoints at its next iteration boundary.
 
 Hydra only loads launchers from the ``hydra_plugins`` namespace, so the class Hydra sees is a
 one-line subclass in ``hydra_plugins/sfpo_lab_launcher``; the logic lives here.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import json
 import logging
 import os
@@ -38,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,35 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # hydra overrides that belong to the sweep, not to the single run a job becomes
 _SWEEP_ONLY = ("hydra.sweep", "hydra.launcher", "hydra.sweeper", "hydra.mode", "hydra.run.dir")
 _SWEEP_GROUPS = ("hydra/launcher", "hydra/sweeper")
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child get ``sig`` when its parent dies (a ``kill -9`` of
+    a sweep or of ``analysis/reproduce.py`` included), so no training process is left running
+    under init; SIGTERM: a training process then saves at its next iteration boundary and
+    exits (preemption), a torchrun agent passes it to its ranks. None off Linux.
+
+    Linux PR_SET_PDEATHSIG fires when the *thread* that started the child ends: call Popen
+    from a thread that lives as long as the child (the main thread, or the worker that waits
+    for it). It survives ``exec``; a parent gone before the child set it is caught by
+    comparing the parent pid (the child then exits before ``exec``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent, signum = os.getpid(), int(sig)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os._exit(128 + signum)
+
+    return preexec
 
 
 class JobFailedError(RuntimeError):
@@ -233,7 +265,10 @@ class TorchrunLauncherBase(Launcher):
         )
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{self._nproc} process(es)]")
         start = time.time() - 1.0  # file systems with coarse mtimes: one second of slack
-        rc = self._wait(subprocess.Popen(cmd, env=self._env(), start_new_session=True))
+        child = subprocess.Popen(
+            cmd, env=self._env(), start_new_session=True, preexec_fn=die_with_parent()
+        )  # its own session: signals reach it through _forward; it ends if the sweep is killed
+        rc = self._wait(child)
         # a finished job run again (ckpt_path=last) exits 0 without rewriting its summary
         done = wrote_summary_since(job_dir, start) or summary_is_current(job_dir, cfg.iterations)
         status = "stopped" if self.preempted is not None or rc == 0 else f"failed (exit {rc})"

@@ -4,8 +4,11 @@
 file: ``.sfpo_lab.lock`` holds ``pid host slurm_job_id``, created with ``O_EXCL``. A second
 run into the same dir stops with an error naming the live one; a lock left by a crashed run
 (its pid is dead, same host; or the same SLURM job, requeued onto another node after its node
-failed — SLURM runs one instance of a job at a time) is taken over with a warning. A run that fails before it wrote anything
-removes the run dir again if this launch created it (Hydra makes it before the task runs).
+failed — SLURM runs one instance of a job at a time; or its pid now belongs to a process that
+started after the lock was written) is taken over with a warning; a refusal names the live
+pid's command and how to remove a lock it does not own. A run that fails before it wrote
+anything removes the run dir again if this launch created it (Hydra makes it before the task
+runs). :func:`live_holder` tells other tools (``analysis/reproduce.py``) a dir is in use.
 
 Hydra writes nothing in the run dir itself (``hydra.output_subdir: null``):
 :func:`save_hydra_config` writes ``.hydra/{config,hydra,overrides}.yaml`` (what analysis
@@ -39,6 +42,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_start(pid: int) -> float | None:
+    """When ``pid`` started (epoch seconds, to ~1 s: Linux /proc); None where unreadable."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _command(pid: int) -> str:
+    """The command line of ``pid`` (shortened; empty where unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    cmd = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return cmd if len(cmd) <= 120 else cmd[:117] + "..."
+
+
+def pid_reused(pid: int, lock: Path) -> bool:
+    """Whether live ``pid`` started after ``lock`` was written: the run that wrote it is gone
+    and its pid now belongs to another process (2 s of slack for /proc's 1-s boot time)."""
+    start = _process_start(pid)
+    try:
+        return start is not None and start > lock.stat().st_mtime + 2.0
+    except OSError:
+        return False
+
+
 def _slurm_job() -> str:
     """``SLURM_JOB_ID`` (kept across a requeue), or ``-`` outside SLURM."""
     return os.environ.get("SLURM_JOB_ID") or "-"
@@ -69,25 +106,23 @@ class RunDirLock:
         raise ConfigError(f"{self.out}: could not take the run-dir lock {self.path}")
 
     def _take_over_if_dead(self) -> None:
-        try:
-            pid_s, host, *rest = self.path.read_text().split()
-            pid, job = int(pid_s), (rest or ["-"])[0]
-        except (OSError, ValueError):  # half-written by a run killed while taking it
-            pid, host, job = -1, socket.gethostname(), "-"
-        if job != "-" and job == _slurm_job():  # this SLURM job's previous incarnation
-            pid, host = -1, socket.gethostname()
+        pid, host = read_lock(self.path)
         if host != socket.gethostname():
             raise ConfigError(
                 f"{self.out} is in use by a run on host {host} (pid {pid}, lock {self.path}); "
                 "choose another hydra.run.dir, or delete the lock if that run is dead"
             )
-        if pid > 0 and _pid_alive(pid):
+        reused = pid > 0 and _pid_alive(pid) and pid_reused(pid, self.path)
+        if pid > 0 and _pid_alive(pid) and not reused:
+            cmd = _command(pid)
             raise ConfigError(
-                f"{self.out} is in use by a live run (pid {pid} on {host}, lock {self.path}); "
-                "wait for it to end or choose another hydra.run.dir"
+                f"{self.out} is in use by a live run (pid {pid} on {host}, lock {self.path}"
+                f"{f': {cmd}' if cmd else ''}); wait for it to end or choose another "
+                f"hydra.run.dir; if pid {pid} is not that run (a reused pid), delete {self.path}"
             )
+        why = "its pid now belongs to a process started after the lock" if reused else "gone"
         warnings.warn(
-            f"{self.out}: taking over the lock of a run that is gone (pid {pid} on {host})",
+            f"{self.out}: taking over the lock of a run that is {why} (pid {pid} on {host})",
             stacklevel=3,
         )
         with contextlib.suppress(FileNotFoundError):
@@ -102,6 +137,33 @@ class RunDirLock:
             self.held = False
         if failed and self.created:
             remove_if_empty(self.out)
+
+
+def read_lock(path: Path) -> tuple[int, str]:
+    """``(pid, host)`` of a lock file; pid -1 (a dead run on this host) for a lock that is
+    half-written or belongs to this SLURM job's previous incarnation."""
+    try:
+        pid_s, host, *rest = path.read_text().split()
+        pid, job = int(pid_s), (rest or ["-"])[0]
+    except (OSError, ValueError):  # half-written by a run killed while taking it
+        return -1, socket.gethostname()
+    if job != "-" and job == _slurm_job():  # this SLURM job's previous incarnation
+        return -1, socket.gethostname()
+    return pid, host
+
+
+def live_holder(out: str | Path) -> str | None:
+    """Who holds the lock of ``out`` when that may be a live run (a live pid here, or any pid
+    on another host, which cannot be checked from here): ``"pid N on HOST"``; None when the dir
+    has no lock or its run is gone (for tools that must never touch a live run's dir)."""
+    path = Path(out) / LOCK_FILE
+    if not path.is_file():
+        return None
+    pid, host = read_lock(path)
+    alive = pid > 0 and _pid_alive(pid) and not pid_reused(pid, path)
+    if host == socket.gethostname() and not alive:
+        return None
+    return f"pid {pid} on {host}"
 
 
 def created_by_this_launch(out: Path) -> bool:
