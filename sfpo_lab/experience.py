@@ -215,6 +215,10 @@ def response_logprobs(
             lps[mb.index, :r] = lp.to(lps.dtype)
             if ents is not None:
                 ents[mb.index, :r] = ent.to(ents.dtype)
+    if hasattr(model, "reshard"):
+        # FSDP2 keeps the root gathered after a forward (it expects a backward): shard it again
+        # once the pass is done, not after each forward (the fused log-probs read lm_head then)
+        model.reshard()
     return lps, ents
 
 

@@ -20,7 +20,6 @@ same ``model.dtype``).
 
 from __future__ import annotations
 
-from copy import deepcopy
 from typing import Any
 
 import torch
@@ -158,15 +157,3 @@ def checkpoint_format(run: RunConfig) -> str:
             "(or null, the default for this strategy)"
         )
     return fmt
-
-
-def shard_reference(policy: nn.Module, device_mesh: Any, mp_policy: Any = None) -> nn.Module:
-    """The frozen reference model (KL term) as a copy of the still-unsharded ``policy``, sharded
-    under FSDP2 like it (each rank holds 1/world of its weights, computes with the same mixed
-    precision policy). It only runs no-grad forwards, after which FSDP2 keeps the root's
-    parameters gathered (it expects a backward): a forward hook reshards them at once.
-    """
-    ref = deepcopy(policy).eval().requires_grad_(False)
-    shard_fsdp2(ref, device_mesh, mp_policy)
-    ref.register_forward_hook(lambda module, args, out: module.reshard())
-    return ref
