@@ -7,7 +7,6 @@ SFPO, 1 for GRPO), so iteration counters, schedules and logging here count rollo
 from __future__ import annotations
 
 import time
-from copy import deepcopy
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
 from sfpo_lab.config import RunConfig
+from sfpo_lab.fsdp_init import empty_generation_copy, sharded_policy
 
 # re-exported: tests and integrations import these from here
 from sfpo_lab.iteration import (  # noqa: F401
@@ -27,7 +27,9 @@ from sfpo_lab.iteration import (  # noqa: F401
     sfpo_iteration,
 )
 from sfpo_lab.models import build_causal_lm
+from sfpo_lab.parallel import compute_dtype
 from sfpo_lab.perf import StageMemory
+from sfpo_lab.reference import base_identity, build_reference, check_same_base, drop_reference_keys
 from sfpo_lab.rollout.base import RolloutEngine, derive_seed, stop_token_ids
 from sfpo_lab.rollout.hf import HFEngine
 from sfpo_lab.rollout.sync import push_full_weights
@@ -51,7 +53,8 @@ class SFPOModule(L.LightningModule):
         self.model_path = model_path
         self.tokenizer = tokenizer
         self.policy: torch.nn.Module | None = None
-        self.ref_policy: torch.nn.Module | None = None
+        self._frozen: dict[str, torch.nn.Module] = {}  # "ref": see ref_policy
+        self._base: dict[str, str] | None = None  # base_identity(model_path), once
         self.engine: RolloutEngine | None = None  # HFEngine or VLLMEngine
         self.sfpo: SFPO | None = None
         self._pending: dict[str, Any] = {}
@@ -68,67 +71,61 @@ class SFPOModule(L.LightningModule):
         self._engine_sync_s = 0.0  # how long pushing those weights took
 
     # ------------------------------------------------------------------ setup
+    @property
+    def ref_policy(self) -> torch.nn.Module | None:
+        """The frozen reference pi_ref (KL term), in the compute dtype. Not a child module:
+        it is in no ``state_dict`` (checkpoints rebuild it from the base, issue 24 item 9), and
+        Lightning neither moves it nor switches it to train mode."""
+        return self._frozen.get("ref")
+
     def configure_model(self) -> None:
         if self.policy is not None:
             return
         run = self.run_cfg
-        self.policy = build_causal_lm(self.model_path, dtype=run.model.dtype).train()
+        sharded = run.trainer.strategy == "fsdp"
+        if sharded:  # built on meta, sharded, then filled: 1/world of the model per rank
+            root = self.trainer.strategy.root_device
+            self.policy = sharded_policy(run, self.model_path, self.device_mesh, root)
+        else:
+            self.policy = build_causal_lm(
+                self.model_path,
+                dtype=run.model.dtype,
+                attn_implementation=run.model.attn_implementation,
+            )
+            if run.model.activation_checkpointing:
+                self.policy.gradient_checkpointing_enable()
+        self.policy.train()
         # every engine stops at the tokenizer's EOS and the generation config's (vLLM's default)
         self.stop_ids = stop_token_ids(self.policy, self.tokenizer)
-        if run.model.activation_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        sharded = run.trainer.strategy == "fsdp"
-        if run.loss.kl_coef > 0 and not sharded:
-            self.ref_policy = deepcopy(self.policy).eval().requires_grad_(False)
-        # Under FSDP2 the HF engine generates with a full copy refreshed once per iteration
-        # (never a per-token all-gather); otherwise with the policy itself. vLLM always holds
-        # its own copy, started from the same weights, refreshed the same way.
-        vllm = run.rollout.engine == "vllm"
-        gen_copy = self._generation_copy() if sharded and not vllm else None
-        if sharded:
-            from sfpo_lab.parallel import mixed_precision_policy, shard_fsdp2, shard_reference
+        if run.loss.kl_coef > 0:
+            self._frozen["ref"] = build_reference(run, self.policy, self.device_mesh)
+        self.engine = self._build_engine(sharded)
 
-            mp = mixed_precision_policy(run)
-            if run.loss.kl_coef > 0:  # 1/world of the reference per rank, like the policy
-                self.ref_policy = shard_reference(self.policy, self.device_mesh, mp)
-            shard_fsdp2(self.policy, self.device_mesh, mp)
-        tok = self.tokenizer
-        if vllm:
-            self.engine = self._vllm_engine()
-        elif gen_copy is None:
-            self.engine = HFEngine(self.policy, tok.pad_token_id, self.stop_ids)
-        else:
-            self.engine = HFEngine(
-                gen_copy,
-                tok.pad_token_id,
-                self.stop_ids,
-                owns_model=True,
-                device=self.trainer.strategy.root_device,
+    def _build_engine(self, sharded: bool) -> RolloutEngine:
+        """Under FSDP2 the HF engine generates with a full copy refreshed once per iteration
+        (never a per-token all-gather); otherwise with the policy itself. vLLM always holds its
+        own copy, started from the same weights, refreshed the same way."""
+        run, tok = self.run_cfg, self.tokenizer
+        if run.rollout.engine == "vllm":
+            engine = self._vllm_engine()
+        elif not sharded:
+            return HFEngine(self.policy, tok.pad_token_id, self.stop_ids)
+        else:  # allocated from the config, no weights: it pulls the policy's before generating
+            root = self.trainer.strategy.root_device
+            copy = empty_generation_copy(
+                self.policy.config, compute_dtype(run), root, run.model.attn_implementation
             )
-        if self.engine.owns_model:
-            # the engine pushes by itself whenever it holds no weights (vLLM level-2 sleep) or
-            # older ones than the current iteration's (all ranks generate together: the gather
-            # inside is a collective every rank joins)
+            engine = HFEngine(copy, tok.pad_token_id, self.stop_ids, owns_model=True, device=root)
+        # the engine pushes by itself whenever it holds no weights (vLLM level-2 sleep, the HF
+        # copy before its first generation) or older ones than the current iteration's (all
+        # ranks generate together: the gather inside is a collective every rank joins)
+        if engine.owns_model:
             from sfpo_lab.rollout.sync import module_weights
 
             bucket = run.rollout.sync_bucket_mb * 2**20
-            source = module_weights(self.policy, bucket, dtype=self.engine.dtype)
-            self.engine.set_weight_source(source, version=lambda: self.iteration)
-
-    def _generation_copy(self) -> torch.nn.Module:
-        """The HF engine's own full copy (FSDP2), taken before sharding while the policy is
-        still on the host: Lightning never moves it (the engine is no ``nn.Module``), so it is
-        put on the training device here, its parameters in the compute dtype (the weight push
-        casts to it too). Buffers keep their dtype (RoPE frequencies stay fp32, as in the
-        sharded policy, whose FSDP2 policy casts parameters only)."""
-        from sfpo_lab.parallel import compute_dtype
-
-        copy = deepcopy(self.policy).eval().requires_grad_(False)
-        dtype = compute_dtype(self.run_cfg)
-        with torch.no_grad():
-            for p in copy.parameters():  # tied weights are one Parameter: cast once, stay tied
-                p.data = p.data.to(device=self.trainer.strategy.root_device, dtype=dtype)
-        return copy.to(self.trainer.strategy.root_device)
+            source = module_weights(self.policy, bucket, dtype=engine.dtype)
+            engine.set_weight_source(source, version=lambda: self.iteration)
+        return engine
 
     def _vllm_engine(self) -> Any:
         """One colocated vLLM engine per rank (``rollout.vllm``), on the policy's base weights."""
@@ -185,6 +182,8 @@ class SFPOModule(L.LightningModule):
         if self.sfpo is not None:
             return
         run = self.run_cfg
+        if self.ref_policy is not None and run.trainer.strategy != "fsdp":
+            self.ref_policy.to(self.device)  # where Lightning put the policy
         ec = run.sfpo.entropy_control
         trigger = EntropyTrigger(ec.window, ec.tau, ec.mode) if ec.enabled else None
         opt = self.optimizers().optimizer
@@ -340,6 +339,14 @@ class SFPOModule(L.LightningModule):
         # the whole config that made this state, kept with the weights (the run dir's
         # .hydra/config.yaml is the run's first launch) and checked again on resume
         checkpoint["sfpo_config"] = {"model": self.run_cfg.model.name, "run": asdict(self.run_cfg)}
+        # no reference weights (rebuilt from the base on resume): the base they come from
+        checkpoint["sfpo_base"] = self.base_identity()
+
+    def base_identity(self) -> dict[str, str]:
+        """The base model's identity (path + content digest), computed once."""
+        if self._base is None:
+            self._base = base_identity(self.model_path)
+        return self._base
 
     def _refuse_nonfinite_weights(self) -> None:
         """No checkpoint ever holds a NaN/inf weight: decided on all ranks together."""
@@ -359,6 +366,8 @@ class SFPOModule(L.LightningModule):
                 f"checkpoint was trained with model.name={saved!r}, "
                 f"this run has model.name={self.run_cfg.model.name!r}"
             )
+        check_same_base(checkpoint.get("sfpo_base"), self.base_identity())
+        drop_reference_keys(checkpoint)  # a checkpoint from before issue 24 item 9
         for k, v in checkpoint.get("sfpo_counters", {}).items():
             setattr(self, k, v)
         if checkpoint.get("sfpo_engine") is not None:
