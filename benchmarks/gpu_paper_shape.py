@@ -41,6 +41,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -119,6 +120,7 @@ class Runner:
         )
         self.out["all_ok"] = all(c["ok"] for c in self.out["checks"])
         self.write()
+        shutil.rmtree(self.tmp, ignore_errors=True)  # the saved model: 2 GB at the paper shape
         return self.out
 
     def section(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
