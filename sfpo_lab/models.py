@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, Qwen2Config
 
+from sfpo_lab.attention import resolve_attn_implementation
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -97,7 +99,7 @@ def build_causal_lm(
     source: str | os.PathLike | PretrainedConfig,
     dtype: str | torch.dtype = "float32",
     local_files_only: bool | None = None,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> PreTrainedModel:
     """Build a causal LM from a config (random init), a local directory or a hub id.
@@ -106,18 +108,24 @@ def build_causal_lm(
         source: a ``PretrainedConfig``, a local model directory, or a hub id.
         dtype: parameter dtype (``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype).
         local_files_only: never reach the hub; None = True iff ``HF_HUB_OFFLINE`` is set.
-        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"``, ...
+        attn_implementation: ``model.attn_implementation`` (``"sdpa"``, ``"eager"``,
+            ``"flash_attention_2"``, ... :data:`sfpo_lab.attention.ATTN_IMPLEMENTATIONS`);
+            None = the one a ``PretrainedConfig`` source was built with, else ``"sdpa"``.
+            ``"sdpa"`` loads as the pad-safe SDPA (every attention row attends to at least one
+            key: no NaN on left-padded rows, :mod:`sfpo_lab.attention`).
         from_pretrained_kwargs: passed on (e.g. ``revision``, ``cache_dir``).
 
     Raises:
         ValueError: unknown dtype, or a path that neither exists nor looks like a hub id.
+        ConfigError: an unknown attention implementation, or one whose package is missing
+            (before any weights load).
         OSError: a hub id that is not cached while offline / ``local_files_only``.
     """
     torch_dtype = resolve_dtype(dtype)
-    if isinstance(source, PretrainedConfig):
-        return AutoModelForCausalLM.from_config(
-            source, dtype=torch_dtype, attn_implementation=attn_implementation
-        )
+    config = source if isinstance(source, PretrainedConfig) else None
+    attn = resolve_attn_implementation(attn_implementation, config)
+    if config is not None:
+        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype, attn_implementation=attn)
     name = os.fspath(source)
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
@@ -129,7 +137,7 @@ def build_causal_lm(
         return AutoModelForCausalLM.from_pretrained(
             name,
             dtype=torch_dtype,
-            attn_implementation=attn_implementation,
+            attn_implementation=attn,
             local_files_only=local_files_only,
             **from_pretrained_kwargs,
         )

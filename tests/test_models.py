@@ -9,6 +9,8 @@ import torch
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
+from sfpo_lab.attention import PAD_SAFE_SDPA, missing_attn_package
+from sfpo_lab.config import ConfigError
 from sfpo_lab.models import (
     build_causal_lm,
     count_parameters,
@@ -41,7 +43,7 @@ def test_build_from_config_counts_about_a_million_params() -> None:
     assert count_parameters(model) == expected  # tied lm_head counted once
     assert 0.75e6 < expected < 1.2e6
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == PAD_SAFE_SDPA  # sdpa, every row attends somewhere
     model.model.embed_tokens.weight.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == expected - 64 * 128
 
@@ -62,6 +64,35 @@ def test_local_directory_round_trip(tmp_path: Path) -> None:
         model.state_dict().items(), loaded.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_attn_implementation_passes_through_and_copies_inherit_it(tmp_path: Path) -> None:
+    """model.attn_implementation reaches transformers (issue 24, item 4); a copy built from a
+    model's config (HFEngine.from_config: the FSDP generation copy) attends the same way."""
+    eager = build_causal_lm(tiny_qwen2_config(16, num_layers=1), attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+    assert build_causal_lm(eager.config).config._attn_implementation == "eager"
+    sdpa = build_causal_lm(tiny_qwen2_config(16, num_layers=1), attn_implementation="sdpa")
+    assert build_causal_lm(sdpa.config).config._attn_implementation == PAD_SAFE_SDPA
+    sdpa.save_pretrained(tmp_path / "m")
+    for impl, want in [(None, PAD_SAFE_SDPA), ("eager", "eager"), ("sdpa", PAD_SAFE_SDPA)]:
+        loaded = build_causal_lm(tmp_path / "m", attn_implementation=impl)
+        assert loaded.config._attn_implementation == want
+
+
+@pytest.mark.skipif(
+    missing_attn_package("flash_attention_2") is None, reason="flash-attn installed"
+)
+def test_bad_attn_implementation_is_refused_before_loading(monkeypatch) -> None:
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("sfpo_lab.models.AutoModelForCausalLM.from_config", never)
+    monkeypatch.setattr("sfpo_lab.models.AutoModelForCausalLM.from_pretrained", never)
+    with pytest.raises(ConfigError, match=r"attn_implementation='flash'.*allowed: sdpa \| eager"):
+        build_causal_lm(tiny_qwen2_config(16), attn_implementation="flash")
+    with pytest.raises(ConfigError, match=r"'flash_attention_2' needs the package 'flash-attn'"):
+        build_causal_lm("Qwen/Qwen2.5-Math-1.5B", attn_implementation="flash_attention_2")
 
 
 @pytest.mark.parametrize("path", ["./no/such/model", "/definitely/missing", "a/b/c", "~/x"])
