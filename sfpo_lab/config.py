@@ -90,6 +90,9 @@ class ModelConfig:
             self.gguf,
             f"null when model.name_or_path is set (got {self.name_or_path!r}): one model source",
         )
+        from sfpo_lab.attention import check_attention_settings  # stdlib only: no torch
+
+        check_attention_settings(self.attn_implementation, self.sdpa_backends)
 
 
 @dataclass

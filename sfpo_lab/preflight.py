@@ -35,6 +35,7 @@ def preflight(run: RunConfig) -> None:
     """Fail fast, naming the setting, on anything wrong that needs no model to see."""
     check_precision(run)
     checkpoint_format(run)  # sharded needs FSDP2
+    check_attention(run)
     if run.model.chat_template and _is_toy_model(run):
         raise ConfigError(
             "invalid config: model.chat_template=true, but the toy model's character "
@@ -55,6 +56,28 @@ def preflight(run: RunConfig) -> None:
     if run.rollout.engine == "vllm":
         _check_vllm_importable()
     _check_output_and_resume(run)
+
+
+def check_attention(run: RunConfig) -> None:
+    """``model.attn_implementation``'s package is installed (flash-attn for flash_attention_2,
+    ...), and a flash kernel is asked of a GPU run in 16-bit compute (flash-attn takes only
+    fp16/bf16; transformers hands it fp32 under ``32-true``); before any model load."""
+    from sfpo_lab.attention import ATTN_PACKAGES, check_attn_implementation
+
+    impl = run.model.attn_implementation
+    check_attn_implementation(impl)
+    if impl not in ATTN_PACKAGES:
+        return
+    if run.trainer.accelerator == "cpu":
+        raise ConfigError(
+            f"invalid config: model.attn_implementation={impl!r} runs on CUDA GPUs only, but "
+            "trainer.accelerator='cpu'; use model.attn_implementation=sdpa (or eager) on CPU"
+        )
+    if run.trainer.precision == "32-true":
+        raise ConfigError(
+            f"invalid config: model.attn_implementation={impl!r} computes in bf16/fp16 only, "
+            "but trainer.precision='32-true'; use bf16-mixed (the paper's) or sdpa"
+        )
 
 
 def _is_toy_model(run: RunConfig) -> bool:
