@@ -46,6 +46,7 @@ MACHINE: dict[str, Any] = {
     "model.name_or_path": None,
     "model.gguf": SPEC,
     "model.activation_checkpointing": False,  # memory only: the same gradients
+    "model.attn_implementation": "sdpa",  # flash_attention_2: flash-attn on a CUDA GPU only
     "rollout.vllm.dtype": None,  # = model.dtype: bf16 is ~5x slower on CPU (engine unused here)
     "trainer.accelerator": "cpu",
     "trainer.devices": 1,

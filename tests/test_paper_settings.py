@@ -34,6 +34,7 @@ REQUIRED = {
     "val.max_new_tokens",
     "model.chat_template",
     "model.dtype",
+    "model.attn_implementation",  # issue 24, item 4: flash_attention_2 as verl
     "trainer.precision",
     "rollout.engine",
     "rollout.vllm.dtype",
