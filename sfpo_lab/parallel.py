@@ -64,6 +64,12 @@ def check_precision(run: RunConfig) -> None:
             "invalid config: trainer.precision='16-mixed' with trainer.strategy='fsdp' (fp16 "
             "needs a gradient scaler the FSDP2 policy does not have); use bf16-mixed"
         )
+    if p == "16-mixed" and run.trainer.accelerator == "cpu":
+        raise ConfigError(
+            "invalid config: trainer.precision='16-mixed' with trainer.accelerator='cpu': "
+            "Lightning has no fp16 AMP on CPU and would silently run bf16-mixed instead; use "
+            "trainer.precision=bf16-mixed (or 32-true) on CPU"
+        )
 
 
 def _true_of(dtype: str) -> str:

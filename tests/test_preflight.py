@@ -43,6 +43,8 @@ def make_run(tmp_path: Path, **trainer: str) -> RunConfig:
         ("bf16-true", "float32", "auto", "name different master weights"),
         ("32-true", "bfloat16", "auto", "trainer.precision='bf16-true' to train in pure"),
         ("16-mixed", "float32", "fsdp", "gradient scaler"),
+        # on CPU Lightning swaps 16-mixed for bf16-mixed with only a warning: refused by name
+        ("16-mixed", "float32", "auto", "would silently run bf16-mixed"),
     ],
 )
 def test_master_and_compute_precision_must_agree(tmp_path, precision, dtype, strategy, error):
