@@ -11,7 +11,10 @@ still made. One that would pool or compare runs with different settings (analysi
 refused with a line naming the differing settings, and the command exits 2. Tables:
 ``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf`` (Fig. 4 also
 ``fig4_efficiency.csv`` and ``fig4_per_seed.csv``); ``summary``: ``summary.json``
-(analysis.summary: the paired SFPO − GRPO and SFPO − GRPO-μ differences and Fig. 4's ratios).
+(analysis.summary: the paired SFPO − GRPO and SFPO − GRPO-μ differences and Fig. 4's ratios);
+``evals``: ``evals.md``, ``evals.csv``, the standalone evaluations (``python -m sfpo_lab.eval``)
+found under ``--runs``, each labelled with its settings (never in a table's place: the tables
+read each run's own validation).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import pandas as pd  # noqa: E402
 
 from analysis import bar_figures, diagram, figures, summary, tables  # noqa: E402
+from analysis.evals import evals_table, find_evals  # noqa: E402
 from analysis.identity import MixedRuns  # noqa: E402
 from analysis.plotting import save  # noqa: E402
 from analysis.runs import (  # noqa: E402
@@ -54,7 +58,7 @@ FIGURES: dict[str, Callable] = {
     "fig7": figures.fig7,
     "fig8": bar_figures.fig8,
 }
-OUTPUTS = [*TABLES, *FIGURES, "summary"]
+OUTPUTS = [*TABLES, *FIGURES, "summary", "evals"]
 # the compact run data a figure needs: no checkpoints, no W&B files
 _KEEP = (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json")
 _KEEP_GLOBS = ("*.summary.json", "*.records.jsonl")
@@ -76,8 +80,16 @@ def collect(roots: list[Path], dest: Path) -> int:
     return n
 
 
-def write_output(name: str, df: pd.DataFrame, out: Path) -> list[Path]:
-    """Make one output; raises :class:`MissingRuns` when its runs are absent."""
+def write_output(
+    name: str, df: pd.DataFrame, out: Path, evals: pd.DataFrame | None = None
+) -> list[Path]:
+    """Make one output; raises :class:`MissingRuns` when its runs are absent (``evals``: the
+    standalone evaluations, :func:`analysis.evals.find_evals`)."""
+    if name == "evals":
+        texts = {fmt: evals_table(find_evals([]) if evals is None else evals, fmt) for fmt in ("md", "csv")}  # fmt: skip
+        for fmt, text in texts.items():
+            (out / f"evals.{fmt}").write_text(text)
+        return [out / f"evals.{fmt}" for fmt in texts]
     if name == "summary":  # the headline numbers, machine-readable
         (path := out / "summary.json").write_text(summary.summary_json(df), encoding="utf-8")
         return [path]
@@ -146,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         df = df[~df["run_id"].isin(partial)]
     n_ids = df.drop_duplicates(["identity", "seed"]).shape[0] if len(df) else 0
     print(f"{df['run_id'].nunique()} runs ({n_ids} distinct config x seed), {len(df)} rows from {[str(r) for r in args.runs or []]}")  # fmt: skip
+    evals = find_evals(args.runs or [])
     args.out.mkdir(parents=True, exist_ok=True)
     made, refused = 0, 0
     for name in args.only:
         try:
-            paths = write_output(name, df, args.out)
+            paths = write_output(name, df, args.out, evals)
         except MissingRuns as err:
             print(f"{name}: skipped — {err}")
             continue

@@ -7,14 +7,13 @@ One row per (run, step, metric)::
 
 ``method`` is GRPO, GRPO-μ or SFPO (:func:`method_label`). ``step`` is the rollout-batch
 iteration (0 = before any update). Metrics are the keys the training logs to ``metrics.csv``
-(``train/``, ``val/``, ``sfpo/``, ``perf/``) plus ``eval/<benchmark>/acc`` from a standalone
-evaluation (``python -m sfpo_lab.eval``) written under the run dir (``summary.json`` or
-``<name>.records.jsonl``), placed at the run's last step.
+(``train/``, ``val/``, ``sfpo/``, ``perf/``): a training result is the run's own validation. A
+standalone evaluation (``python -m sfpo_lab.eval``) written under a run dir is not read here,
+whatever it evaluated: :mod:`analysis.evals` lists evaluations as such, with their settings.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -157,32 +156,11 @@ def _long(frame: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates(subset=["step", "metric"], keep="last")
 
 
-def _eval_rows(run_dir: Path, last_step: int) -> list[dict[str, Any]]:
-    """``eval/<benchmark>/acc`` (percent) from standalone evaluation outputs in the run dir."""
-    rows: dict[str, float] = {}
-    for path in sorted(run_dir.rglob("*.records.jsonl")):
-        flags = []
-        for line in path.read_text().splitlines():
-            correct = json.loads(line).get("correct") or []
-            if correct:
-                flags.append(sum(map(float, correct)) / len(correct))
-        if flags:
-            rows[path.name.removesuffix(".records.jsonl")] = 100.0 * sum(flags) / len(flags)
-    for path in sorted(run_dir.rglob("summary.json")):
-        for name, m in (json.loads(path.read_text()).get("benchmarks") or {}).items():
-            rows[name] = float(m["acc"])  # the summary's own number wins over a recomputation
-    return [{"step": last_step, "metric": f"eval/{k}/acc", "value": v} for k, v in rows.items()]
-
-
 def load_run(run_dir: Path, run_id: str | None = None) -> pd.DataFrame:
-    """One Hydra run dir (``metrics.csv`` + config [+ eval outputs]) -> tidy rows."""
+    """One Hydra run dir (``metrics.csv`` + config) -> tidy rows."""
     run_dir = Path(run_dir)
     attrs = run_attributes(load_config(run_dir))
     long = _long(pd.read_csv(run_dir / "metrics.csv"))
-    last = int(long["step"].max()) if len(long) else 0
-    evals = _eval_rows(run_dir, last)
-    if evals:
-        long = pd.concat([long, pd.DataFrame(evals)], ignore_index=True)
     attrs |= {"run_id": run_id or run_dir.name, "source": str(run_dir)}
     return long.assign(**attrs)[COLUMNS]
 

@@ -1,7 +1,7 @@
 """Tables 1 and 2: final accuracy per (model, method), mean ± 95 % CI half-width over seeds.
 
-A run's number for a benchmark is its standalone evaluation (``eval/<b>/acc``) when one was
-written into the run dir, else its last logged ``val/<b>/acc``. "Base" is the same metric at
+A run's number for a benchmark is its own last logged validation ``val/<b>/acc`` (a standalone
+evaluation is never put in its place: analysis.evals lists those). "Base" is the same metric at
 step 0 (before any update), one value per seed. The published number is printed beside ours
 only when the run's model *and* training data are the paper's (``paper.TABLE1``/``TABLE2``).
 
@@ -32,13 +32,9 @@ MINUS = "−"  # U+2212, as in "SFPO − GRPO"
 
 def _run_scores(rows: pd.DataFrame, base: bool) -> pd.DataFrame:
     """One row per run: benchmark -> accuracy (final, or step 0 for ``base``)."""
-    accs = rows[rows["metric"].str.match(r"^(val|eval)/[^/]+/acc$")].copy()
+    accs = rows[rows["metric"].str.match(r"^val/[^/]+/acc$")].copy()
     accs["bench"] = accs["metric"].str.split("/").str[1]
-    accs["kind"] = accs["metric"].str.split("/").str[0]
-    if base:
-        accs = accs[(accs["kind"] == "val") & (accs["step"] == 0)]
-    else:  # eval beats val; within a kind the last step wins
-        accs = accs.assign(prio=(accs["kind"] == "eval").astype(int)).sort_values(["prio", "step"])
+    accs = accs[accs["step"] == 0] if base else accs.sort_values("step")  # the last step wins
     last = accs.groupby(["run_id", "bench"]).tail(1)
     wide = last.pivot_table(index="run_id", columns="bench", values="value", aggfunc="last")
     seeds = rows.groupby("run_id")["seed"].first()

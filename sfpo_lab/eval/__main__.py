@@ -34,6 +34,7 @@ from sfpo_lab.eval.benchmarks import (
     load_benchmark,
     load_benchmark_from_fields,
 )
+from sfpo_lab.eval.record import check_out, evaluated, from_run_note, taken_from_run
 from sfpo_lab.rollout.base import SamplingParams
 
 TOY = "toy"
@@ -58,10 +59,12 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     """``cfg`` with every setting filled (from the checkpoint's run, else the standalone
     defaults), and what the run adds: ``run`` (its RunConfig), ``ckpt`` (the loaded dict),
     ``iteration`` and ``differs``."""
-    from sfpo_lab.eval.evaluate import apply_run, read_checkpoint, saved_run
+    from sfpo_lab.eval.evaluate import VALIDATION, apply_run, read_checkpoint, saved_run
 
+    given = {k: cfg[k] for k in VALIDATION}
     cfg = cfg.copy()
     extra: dict[str, Any] = {"run": None, "ckpt": None, "iteration": 0, "differs": {}}
+    extra["from_run"], extra["file_limit"] = {}, _limit(given["limit"])
     if cfg.ckpt is not None:
         path = str(cfg.ckpt)
         if not Path(path).expanduser().exists():
@@ -86,6 +89,7 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
             counters = extra["ckpt"].get("sfpo_counters") or {}
             extra["iteration"] = int(counters.get("iteration", 0))
     fill_standalone(cfg)
+            extra["from_run"] = taken_from_run(given, cfg, VALIDATION)
     return cfg, extra
 
 
@@ -93,25 +97,12 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
 
 
 def _toy_run(cfg: DictConfig, run: Any | None = None) -> Any:
-    """The RunConfig whose toy base (and toy held-out split) ``model=toy`` means: the run's
-    own, or (no run) a default ``RunConfig()``."""
-    import copy
+    """The RunConfig whose toy base (and held-out split) ``model=toy`` means: the run's own, or
+    (no run) the default training run's (:mod:`sfpo_lab.eval.toy`)."""
+    from sfpo_lab.eval.toy import toy_run
 
-    from sfpo_lab.config import RunConfig
-
-    if run is not None:
-        run = copy.deepcopy(run)
-        from sfpo_lab.warmup import base_key
-
-        if (Path(run.paths.cache_dir) / "toy_base" / base_key(run) / "config.json").exists():
-            return run  # the base the run trained from, where it was cached
-        run.paths.cache_dir = str(cfg.cache_dir)
-        return run
-    run = RunConfig()
-    run.paths.cache_dir = str(cfg.cache_dir)
-    if cfg.toy_warmup_steps is not None:
-        run.model.warmup.steps = int(cfg.toy_warmup_steps)
-    return run
+    steps = None if run is not None or cfg.toy_warmup_steps is None else int(cfg.toy_warmup_steps)
+    return toy_run(str(cfg.cache_dir), steps, run)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -155,10 +146,23 @@ def _benchmark_names(cfg: DictConfig) -> list[str]:
     return [str(b) for b in cfg.benchmarks]
 
 
-def load_problem_sets(cfg: DictConfig, run: Any | None = None) -> dict[str, list[Problem]]:
+def file_name(cfg: DictConfig) -> str | None:
+    """The benchmark name of ``file=`` (``name=``, else the file's stem); None without a file."""
+    return None if cfg.file is None else str(cfg.name or Path(str(cfg.file)).stem)
+
+
+def _limit(value: Any) -> int | None:
+    return None if value in (None, ALL) else int(value)
+
+
+def load_problem_sets(
+    cfg: DictConfig, run: Any | None = None, file_limit: Any = "same"
+) -> dict[str, list[Problem]]:
     """Benchmark name -> problems: registered names, ``toy`` (the run's toy task, if a run),
-    and ``file`` by field mapping."""
-    limit = None if cfg.limit in (None, ALL) else int(cfg.limit)
+    and ``file`` by field mapping: whole unless ``file_limit`` (the ``limit=`` given on the
+    command line; ``"same"``: ``cfg.limit``) cuts it; a run's ``val.limit`` is its benchmarks'."""
+    limit = _limit(cfg.limit)
+    file_limit = limit if file_limit == "same" else _limit(file_limit)
     sets: dict[str, list[Problem]] = {}
     for name in _benchmark_names(cfg):
         if name == TOY:
@@ -176,11 +180,11 @@ def load_problem_sets(cfg: DictConfig, run: Any | None = None) -> dict[str, list
                 answer_extraction=cfg.answer_extraction,
                 id_field=cfg.id_field,
                 name=cfg.name,
-                limit=limit,
+                limit=file_limit,
             )
         except (ValueError, FileNotFoundError) as e:  # names the file, row, field or option
             raise EvalConfigError(str(e)) from None
-        name = str(cfg.name or Path(str(cfg.file)).stem)
+        name = str(file_name(cfg))
         sets[name] = [replace(p, source=name) for p in problems]
     if not sets:
         raise EvalConfigError("benchmarks=[] and no file=...: nothing to evaluate")
@@ -271,13 +275,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cfg, extra = resolve(cfg)
     check_settings(cfg)
     params = SamplingParams(
+    try:
+        check_out(str(cfg.out))  # before the model: never over a training run's files
+    except ValueError as e:
+        raise EvalConfigError(str(e)) from None
         n=int(cfg.n),
         max_new_tokens=int(cfg.max_new_tokens),
         temperature=float(cfg.temperature),
         top_p=float(cfg.top_p),
         top_k=int(cfg.top_k),
     )
-    problem_sets = load_problem_sets(cfg, extra["run"])
+    problem_sets = load_problem_sets(cfg, extra["run"], extra["file_limit"])
+    extra["file"] = file_name(cfg)
 
     from sfpo_lab.eval.evaluate import evaluate, run_validation, write_outputs
     from sfpo_lab.rewards.pool import MathVerifier
@@ -305,6 +314,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "differs_from_run_validation": {k: list(v) for k, v in extra["differs"].items()},
     }
     out = write_outputs(cfg.out, summary, records, settings)
+    counts = {name: len(ps) for name, ps in problem_sets.items()}
+    summary["evaluated"] = evaluated(cfg, extra, counts, source)
     print(results_table(summary, problem_sets, params.n, extra))
     print(f"-> {out}")
     return summary
@@ -326,6 +337,10 @@ def results_table(
         lines.append(row + (f"  {got:6.2f}" if val and got is not None else ""))
     lines.append(f"{'avg':>16}  {'':>8}  {'':>4}  {summary['avg']:6.2f}")
     if extra["differs"]:
+    held = extra.get("file")
+    note = from_run_note(extra.get("from_run") or {}, held, len(sets.get(held or "", [])))
+    if note:
+        lines.append(f"note: {note}")
         diff = ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in extra["differs"].items())
         lines.append(f"note: not the run's validation settings: {diff}")
     if extra["run"] is not None and extra["run"].rollout.engine == "vllm":
