@@ -57,11 +57,6 @@ def test_cpu_smoke_writes_every_section_with_finite_numbers(smoke) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 24 item 11 (validation generates in fp32: check dtype/single) open when this "
-    "test was written; remove this marker once the smoke run passes every check",
-)
 def test_cpu_smoke_passes_every_check(smoke) -> None:
     code, rec, _ = smoke
     failed = [c for c in rec["checks"] if not c["ok"]]
