@@ -134,7 +134,7 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
         f"[reproduce] {time.strftime('%H:%M:%S')} start {run.name}{' (resume)' if resume else ''}"
     )
     with open(log, "a") as fh:
-        # its own session: a Ctrl-C reaches only this runner, which forwards SIGTERM; started
+        # its own session: a Ctrl-C reaches only this runner, which forwards it; started
         # from this worker thread, which waits for it: the process ends if the runner is killed
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -174,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     live: dict = {}
 
     def stop(signum: int, _frame: object) -> None:
-        """No new runs; the running ones get SIGTERM, save ``last.ckpt`` and exit."""
+        """No new runs; the running ones get the signal (a Ctrl-C as SIGINT, anything else
+        as SIGTERM), save ``last.ckpt`` and exit; a second Ctrl-C stops them at once."""
+        again = signum == signal.SIGINT and live.get("stopping")
         live["stopping"] = True
         for proc in [v for k, v in list(live.items()) if k != "stopping"]:
-            proc.send_signal(signal.SIGTERM)
-        print(f"[reproduce] signal {signum}: running jobs save and stop; rerun to resume")
+            proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        what = "stop at once (nothing saved)" if again else "save and stop; rerun to resume"
+        print(f"[reproduce] {signal.Signals(signum).name}: running jobs {what}")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

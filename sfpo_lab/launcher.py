@@ -15,9 +15,10 @@ waits for it, and reads its return value from ``summary.json`` in the job's dire
 run one after another; each one can use a different number of devices. One job per node:
 multi-node jobs go through the SLURM (submitit) launcher instead.
 
-Preemption: SIGTERM / SIGUSR1 reaching the sweep is passed on to the running job's training
-processes (every rank; each checkpoints at the next iteration boundary and exits 0); the
-sweep then starts no further job, reports no result for the stopped one, and exits 0. Jobs
+Preemption: SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) reaching the sweep is passed on to the running
+job's training processes (every rank; each checkpoints at the next iteration boundary and exits
+0; a second Ctrl-C, passed on too, stops the job at once); the sweep then starts no further
+job, reports no result for the stopped one, and exits 0. Jobs
 run in their own session, so only this forwarding reaches them (a SLURM-style signal to every
 process would also hit torchrun's agent, which does not survive it: use hydra/launcher=slurm
 there). Running the same command again with ``ckpt_path=last`` and the same
@@ -59,7 +60,7 @@ MULTIRUN_SUMMARY_FILE = "multirun_summary.csv"
 TABLE_COLUMNS = (
     "job", "status", "val_avg_last", "val_avg_best", "stop_step", "train_s", "job_s", "overrides"
 )  # fmt: skip
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # hydra overrides that belong to the sweep, not to the single run a job becomes
 _SWEEP_ONLY = ("hydra.sweep", "hydra.launcher", "hydra.sweeper", "hydra.mode", "hydra.run.dir")
 _SWEEP_GROUPS = ("hydra/launcher", "hydra/sweeper")
@@ -315,16 +316,7 @@ class TorchrunLauncherBase(Launcher):
         try:
             if self.preempted is not None:  # arrived while the job was being started
                 self._forward(self.preempted, None)
-            try:
-                return child.wait()
-            except KeyboardInterrupt:
-                self._forward(signal.SIGINT, None)
-                try:
-                    child.wait(timeout=60)
-                finally:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(child.pid, signal.SIGKILL)
-                raise
+            return child.wait()  # a Ctrl-C is forwarded by _forward, not a KeyboardInterrupt
         finally:
             self._child = None
 

@@ -124,6 +124,23 @@ def _check_layout(n: int, batch_size: int, iterations: int, rank: int, world_siz
         )
 
 
+class PositionLoader(DataLoader):
+    """A DataLoader that says it is resumable (Lightning's ``state_dict`` / ``load_state_dict``
+    protocol), which it is: its sampler starts at the module's iteration counter. Without it,
+    every exact resume printed Lightning's "dataloader is not resumable ... unreliable
+    results" warning. Its state is that position, for the record; loading it does nothing
+    (the counter, restored with the module, owns it; :meth:`RLDataModule.load_state_dict`
+    refuses a checkpoint made with another data order)."""
+
+    position: Callable[[], int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position() if self.position is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
 def collate_problems(problems: list[Problem]) -> Batch:
     """A batch as parallel lists (no tensors): ``ids``, ``problems`` (raw text), ``answers``."""
     return {
@@ -190,12 +207,14 @@ class RLDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        loader = PositionLoader(
             _Problems(self.problems),
             batch_sampler=self.sampler(),
             collate_fn=collate_problems,
             num_workers=0,
         )
+        loader.position = self._current_position
+        return loader
 
     def state_dict(self) -> dict[str, Any]:
         return {

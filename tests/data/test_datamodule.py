@@ -255,3 +255,18 @@ def test_lightning_resume_twice_and_extended(tmp_path: Path):
     assert extended == full[12:]
     resumed_again = _fit(tmp_path / "d", 12, ckpt=tmp_path / "b" / "at-9.ckpt")
     assert first + second[:6] + resumed_again == full[:12]
+
+
+def test_the_train_loader_says_it_is_resumable():
+    """Lightning's "dataloader is not resumable ... unreliable results" warning came on every
+    exact resume (issue 30, item 6): the loader implements the Stateful protocol, its state
+    is the position the module's counter owns, and loading it changes nothing."""
+    from lightning.fabric.utilities.types import _Stateful
+
+    dm = RLDataModule([Problem(str(i), "x", "1") for i in range(8)], batch_size=4, iterations=3)
+    dm.set_position(2)
+    loader = dm.train_dataloader()
+    assert isinstance(loader, _Stateful)
+    assert loader.state_dict() == {"position": 2}
+    loader.load_state_dict({"position": 0})
+    assert [len(b["ids"]) for b in loader] == [4]  # iteration 2 of 3: one batch left
