@@ -4,6 +4,15 @@ The authors' loader (verl ``RLHFDataset``) applies the tokenizer's chat template
 training prompts longer than ``max_prompt_length`` tokens; here :func:`split_by_length` does
 the same at load time. Validation prompts are never dropped: :func:`too_long` finds them so
 the caller can refuse the run with their names.
+
+Characters are checked first: a prompt of at most ``max_len`` tokens has at most
+``max_len * L`` characters, where ``L`` is the longest vocabulary entry (:func:`char_bound`:
+each token stands for at most ``L`` characters; in byte-level BPE one character per byte).
+A problem longer than that is over the limit without being tokenised, so memory is bounded by
+the limit, not the row (a fast tokenizer holds ~400 bytes per character of a text while
+encoding it: one 20 MB row cost 8 GB). This assumes every character of a text is covered by
+some token (byte-level BPE, SentencePiece with byte fallback, the char tokenizer), not by an
+``<unk>`` that swallows a whole word.
 """
 
 from __future__ import annotations
@@ -16,6 +25,21 @@ from sfpo_lab.data.records import Problem
 from sfpo_lab.data.templates import render_prompt
 
 ENCODE_CHUNK = 1024  # prompts per tokenizer call
+
+
+def char_bound(max_len: int, tokenizer: Any) -> int:
+    """The most characters a text of ``max_len`` tokens can have under ``tokenizer``:
+    ``max_len`` times its longest vocabulary entry (special tokens included)."""
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return max_len * max(longest, 1)
+
+
+def split_by_chars(problems: Sequence[Problem], bound: int) -> tuple[list[Problem], list[Problem]]:
+    """``(candidates, over)``: problems of at most ``bound`` characters (to be tokenised), in
+    order, and those longer, which are over the token limit without tokenising them."""
+    candidates = [p for p in problems if len(p.problem) <= bound]
+    over = [p for p in problems if len(p.problem) > bound]
+    return candidates, over
 
 
 def encode_prompts(
@@ -125,29 +149,47 @@ def filter_long_prompts(
     run: RunConfig, problems: list[Problem], tokenizer: Any, log: Callable[[str], Any] = print
 ) -> tuple[list[Problem], int]:
     """Drop training prompts longer than ``data.max_prompt_len`` tokens after the template and
-    chat template (the authors' loader does the same); returns ``(kept, number dropped)`` and
+    chat template (the authors' loader does the same); problems over :func:`char_bound`
+    characters are dropped without being tokenised. Returns ``(kept, number dropped)`` and
     ``log``s a line when it dropped any."""
     d = run.data
-    lengths = prompt_lengths(problems, tokenizer, d.template, run.model.chat_template)
-    kept, dropped = split_by_length(problems, lengths, d.max_prompt_len)
-    if dropped:
+    bound = char_bound(d.max_prompt_len, tokenizer)
+    candidates, over = split_by_chars(problems, bound)
+    lengths = prompt_lengths(candidates, tokenizer, d.template, run.model.chat_template)
+    kept, dropped = split_by_length(candidates, lengths, d.max_prompt_len)
+    if dropped or over:
+        longest = f"longest {max(n for _, n in dropped)} tokens" if dropped else ""
+        huge = f"{len(over)} over {bound} characters, not tokenised" if over else ""
         log(
-            f"[data] dropped {len(dropped)} of {len(problems)} training prompts longer than "
-            f"data.max_prompt_len={d.max_prompt_len} tokens after the template "
-            f"(longest {max(n for _, n in dropped)} tokens)"
+            f"[data] dropped {len(dropped) + len(over)} of {len(problems)} training prompts "
+            f"longer than data.max_prompt_len={d.max_prompt_len} tokens after the template "
+            f"({'; '.join(x for x in (longest, huge) if x)})"
         )
     if not kept:
+        shortest = f"{min(lengths)} tokens" if lengths else f"over {bound} characters"
         raise ConfigError(
             f"invalid config: data.max_prompt_len={d.max_prompt_len}: every one of the "
-            f"{len(problems)} training prompts is longer (shortest {min(lengths)} tokens)"
+            f"{len(problems)} training prompts is longer (shortest {shortest})"
         )
-    return kept, len(dropped)
+    return kept, len(dropped) + len(over)
 
 
 def check_val_prompts(run: RunConfig, sets: dict[str, list[Problem]], tokenizer: Any) -> None:
     """Validation prompts are never dropped: one longer than ``data.max_prompt_len`` tokens
-    (the engines' prompt budget) stops the run, naming it."""
+    (the engines' prompt budget) stops the run, naming it; one over :func:`char_bound`
+    characters does so before anything is tokenised."""
     d = run.data
+    bound = char_bound(d.max_prompt_len, tokenizer)
+    for name, problems in sets.items():
+        over = split_by_chars(problems, bound)[1]
+        if over:
+            raise ConfigError(
+                f"invalid config: data.max_prompt_len={d.max_prompt_len}: validation prompt "
+                f"{over[0].id!r} of benchmark {name!r} has {len(over[0].problem)} characters, "
+                f"more than {d.max_prompt_len} tokens can hold (at most {bound} with this "
+                "tokenizer); validation prompts are never dropped: raise data.max_prompt_len "
+                "or leave the benchmark out of val.benchmarks"
+            )
     lengths = {
         name: prompt_lengths(problems, tokenizer, d.template, run.model.chat_template)
         for name, problems in sets.items()

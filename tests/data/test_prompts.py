@@ -78,3 +78,47 @@ def test_model_context_reads_the_config_only(tmp_path: Path):
     tiny_qwen2_config(vocab_size=10, max_position_embeddings=77).save_pretrained(tmp_path)
     assert model_context(str(tmp_path)) == 77
     assert model_context("no-such-org/no-such-model-xyz") is None  # offline: not checkable
+
+
+class CallSpy:
+    """The tokenizer, recording the length of every text it is asked to encode."""
+
+    def __init__(self, tok) -> None:
+        self._tok, self.lengths = tok, []
+
+    def __call__(self, texts, **kwargs):
+        self.lengths += [len(t) for t in texts]
+        return self._tok(texts, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tok, name)
+
+
+def test_a_20mb_row_is_dropped_without_being_tokenised(tmp_path, tok):
+    """Issue 30, item 5: a 20 MB problem is over data.max_prompt_len by its characters alone
+    (64 tokens of at most 5 characters each: '<pad>' is the longest vocabulary entry), so it
+    is dropped before the tokenizer sees it (encoding it cost ~400x its size in memory); the
+    validation check refuses one the same way."""
+    import json
+
+    from sfpo_lab.config import ConfigError, RunConfig
+    from sfpo_lab.data.prompts import check_val_prompts, filter_long_prompts
+    from sfpo_lab.data.sources import load_problems
+
+    path = tmp_path / "train.jsonl"
+    rows = [("1+1", "2"), ("7" * 20_000_000, "7"), ("2+3", "5")]
+    path.write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in rows))
+    run = RunConfig()
+    run.data.template, run.data.max_prompt_len = "toy", 64
+    spy, lines = CallSpy(tok), []
+    kept, dropped = filter_long_prompts(run, load_problems(str(path)), spy, log=lines.append)
+    assert [p.problem for p in kept] == ["1+1", "2+3"] and dropped == 1
+    assert spy.lengths == [4, 4]  # "1+1=", "2+3=": the long row was never encoded
+    assert lines == [
+        "[data] dropped 1 of 3 training prompts longer than data.max_prompt_len=64 tokens "
+        "after the template (1 over 320 characters, not tokenised)"
+    ]
+    huge = problems("7" * 20_000_000)
+    with pytest.raises(ConfigError, match="validation prompt 'p0' of benchmark 'b' has 20000000"):
+        check_val_prompts(run, {"b": huge}, spy)
+    assert spy.lengths == [4, 4]
