@@ -92,6 +92,29 @@ def paired_differences(finals: dict[str, pd.DataFrame], a: str, b: str) -> pd.Da
     return x.loc[seeds, cols] - y.loc[seeds, cols]
 
 
+def shared_seeds(finals: dict[str, pd.DataFrame]) -> tuple[set[int], dict[str, list[int]]]:
+    """The seeds every method present ran, and per method the seeds it ran beyond them (left
+    out of its row, so the rows differ by method, not by which seeds each happened to get)."""
+    seeds = {m: {int(x) for x in f["seed"]} for m, f in finals.items()}
+    shared = set.intersection(*seeds.values()) if seeds else set()
+    return shared, {m: sorted(s - shared) for m, s in seeds.items() if s - shared}
+
+
+def _method_rows(
+    finals: dict[str, pd.DataFrame], starts: dict[str, pd.DataFrame], where: str
+) -> tuple[dict[str, pd.DataFrame], dict[str, list[int]]]:
+    """Base and each method over the shared seeds (Base: step 0 of the first method's runs,
+    GRPO's when present), and the seeds left out per method."""
+    shared, left_out = shared_seeds(finals)
+    if not shared:
+        ran = {m: sorted(int(x) for x in f["seed"]) for m, f in finals.items()}
+        raise MissingRuns(f"{where}: no seed was run by every method ({ran}); run the same seeds")
+    base = next(iter(starts.values()))
+    rows = {"Base": base[base["seed"].isin(shared)]}
+    rows |= {m: f[f["seed"].isin(shared)] for m, f in finals.items()}
+    return rows, left_out
+
+
 def _order(scores: pd.DataFrame, benchmarks: list[str]) -> list[str]:
     """Benchmarks in the paper's order, then others by name, then ``avg`` (and ``gain``)."""
     benches = [b for b in scores.columns if b not in ("seed", "avg", "gain")]
@@ -125,21 +148,25 @@ def table_frame(
     """Long table: model, method, seeds, bench, mean, lo, hi, paper (NaN when not comparable).
 
     Replicas count once; a method's row pools runs of one effective config (else
-    :class:`analysis.identity.MixedRuns`). A run's gain is its final Avg minus its own step-0
-    Avg (base and final from the same run); the Base row is step 0 of the GRPO runs (of the
-    next method present when there is no GRPO run), one per seed. Below the methods, paired
-    rows ``SFPO − GRPO`` and ``SFPO − GRPO-μ``: per seed run by both, SFPO's score minus the
-    other's (points), mean and Student-t CI over those seeds."""
+    :class:`analysis.identity.MixedRuns`). Method rows and Base are over the seeds every
+    method of the model ran (a seed only some ran is left out and named in
+    ``.attrs["left_out"]``, ``{model: {method: [seeds]}}``, and the note). A run's gain is its
+    final Avg minus its own step-0 Avg (base and final from the same run); the Base row is step
+    0 of the GRPO runs (of the next method present when there is no GRPO run), one per seed.
+    Below the methods, paired rows ``SFPO − GRPO`` and ``SFPO − GRPO-μ``: per seed run by both,
+    SFPO's score minus the other's (points), mean and Student-t CI over those seeds."""
     runs = df[df["experiment"] == experiment]
     if runs.empty:
         raise MissingRuns(f"no runs with extras.experiment={experiment}")
     runs = dedupe(runs)
     check_pooling(runs, f"{experiment} table", by="label", within="model")
-    out = []
+    out, left_out = [], {}
     for model, mrows in runs.groupby("model", sort=True):
         data = mrows["data"].iloc[0]
         finals, starts = model_scores(mrows, experiment, model)
-        per_method = {"Base": next(iter(starts.values())), **finals}
+        per_method, left = _method_rows(finals, starts, f"{experiment}/{model}")
+        if left:
+            left_out[model] = left
         for method in _METHODS:
             scores = per_method.get(method)
             if scores is None or scores.empty:
@@ -152,7 +179,9 @@ def table_frame(
             if diff is not None and len(diff):
                 name = f"{a} {MINUS} {b}"
                 out += _rows(model, data, name, diff, _order(diff, benchmarks), None, benchmarks)
-    return pd.DataFrame(out)
+    long = pd.DataFrame(out)
+    long.attrs["left_out"] = left_out
+    return long
 
 
 def _cell(r: pd.Series) -> str:
@@ -184,6 +213,12 @@ def _note(long: pd.DataFrame, paper_data: str) -> str:
             f" Paired rows ({', '.join(pairs)}): per seed run by both methods (the same base "
             "model and RL seed), the first's final score minus the second's, in points; mean ± "
             "95 % CI half-width (Student t) over those seeds; seeds = their number."
+        )
+    for model, left in (long.attrs.get("left_out") or {}).items():
+        shown = "; ".join(f"{m} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for m, s in left.items())  # fmt: skip
+        note += (
+            f" {model}: method rows and Base are over the seeds every method ran; left out "
+            f"(not run by every method): {shown} (the paired rows use each pair's shared seeds)."
         )
     if "GRPO-μ" in set(long["method"]):
         note += (

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from synthetic_runs import ITERS, write_run
 
-from analysis.runs import MissingRuns
-from analysis.tables import one_variant
+from analysis import paper
+from analysis.runs import MissingRuns, discover
+from analysis.tables import one_variant, table1, table_frame
 
 
 def test_several_sfpo_variants_are_refused_not_pooled():
@@ -28,3 +30,23 @@ def test_a_diverged_seed_is_not_dropped_silently():
     with pytest.warns(UserWarning, match="1 of 3 seeds are NaN/inf"):
         out = curve_ci(rows)
     assert out["n"].tolist() == [2] and out["mean"].tolist() == [15.0]
+
+
+def test_method_rows_and_base_are_over_the_seeds_every_method_ran(tmp_path):
+    """Item 8: an extra GRPO seed (seed 2, a weaker base) neither moves GRPO's row nor the
+    Base row; the note names it. val/avg = 20 + seed + gain * step (synthetic_runs)."""
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        write_run(root / f"grpo_s{seed}", "paper_main", seed=seed, alpha=0.0, gain=1.0,
+                  offset=-10.0 if seed == 2 else 0.0)  # fmt: skip
+    for seed in (0, 1):
+        write_run(root / f"sfpo_s{seed}", "paper_main", seed=seed, alpha=0.8, gain=2.0)
+    df = discover([root])
+    long = table_frame(df, "paper_main", paper.TABLE1, "dapo_math", paper.TABLE1_BENCHMARKS)
+    avg = long[long["bench"] == "avg"].set_index("method")
+    assert avg.loc["GRPO", "mean"] == pytest.approx(20.5 + ITERS)  # seeds 0, 1 only
+    assert avg.loc["Base", "mean"] == pytest.approx(20.5)
+    assert avg.loc["SFPO", "mean"] == pytest.approx(20.5 + 2 * ITERS)
+    assert set(avg["seeds"]) == {2}
+    assert long.attrs["left_out"] == {"tiny-qwen2": {"GRPO": [2]}}
+    assert "left out (not run by every method): GRPO seed 2" in table1(df, "md")
