@@ -23,7 +23,7 @@ from sfpo_lab.config import RunConfig
 
 REF_PREFIX = "ref_policy."  # where checkpoints written before issue 24 kept it
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-_SAMPLES, _SAMPLE_BYTES = 16, 4096
+_SAMPLES, _SAMPLE_BYTES, _WHOLE_BYTES = 64, 4096, 64 * 2**20
 
 
 def build_reference(run: RunConfig, policy: nn.Module, device_mesh: Any = None) -> nn.Module:
@@ -52,14 +52,17 @@ def reference_copy(policy: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def _file_digest(path: Path) -> bytes:
-    """Name, size and 16 evenly spaced 4 KiB samples of one file (any fine-tune of a base
-    changes essentially every weight, so samples of the bytes tell two bases apart without
-    reading gigabytes)."""
+    """Name, size and content of one file: all of it up to 64 MiB, else 64 evenly spaced 4 KiB
+    samples (any fine-tune of a base changes essentially every weight, so samples tell two
+    bases apart without reading gigabytes at every launch)."""
     size = path.stat().st_size
     h = hashlib.sha256(f"{path.name}:{size}".encode())
     with open(path, "rb") as fh:
+        if size <= _WHOLE_BYTES:
+            h.update(fh.read())
+            return h.digest()
         for i in range(_SAMPLES):
-            fh.seek(max(0, size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+            fh.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
             h.update(fh.read(_SAMPLE_BYTES))
     return h.digest()
 
