@@ -264,9 +264,12 @@ class ProbeModule(SFPOModule):
         self.dtypes.watch(self.policy)
         if self.engine.model is not self.policy:
             self.dtypes.watch(self.engine.model)
-        if self.plan.rollout:  # where ValidationCallback generates: outside training_step
+        if self.plan.rollout:  # where ValidationCallback generates: outside training_step,
+            # under the kit's rule for it (sfpo_lab.eval.callback.compute_context)
+            from sfpo_lab.eval.callback import compute_context
+
             params = SamplingParams(n=1, max_new_tokens=2)
-            with self._labelled("validation"):
+            with self._labelled("validation"), compute_context(self.trainer):
                 self.engine.generate(random_prompts(self.plan.shape)[:2], params, seed=0)
 
     @contextlib.contextmanager
