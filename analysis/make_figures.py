@@ -2,12 +2,16 @@
 
     python analysis/make_figures.py                      # from the committed runs (DEFAULT_RUNS)
     python analysis/make_figures.py --runs outputs/train  # any Hydra run/multirun dirs (repeatable)
+                                                        # -> a fresh outputs/figures/<time>/
     python analysis/make_figures.py --wandb-project ENTITY/PROJECT --wandb-group toy/paper_main
     python analysis/make_figures.py --only fig5 --out /tmp/figs
     python analysis/make_figures.py --runs outputs/repro --collect paper_figures/repro_runs
 
-A table or figure whose runs are missing prints one line saying what is missing; the others are
-still made. One that would pool or compare runs with different settings (analysis.identity) is
+Outputs go to ``paper_figures/`` only when drawn from the committed runs (no ``--runs``, or
+``--collect`` into one of them); other runs without ``--out`` go to a fresh
+``outputs/figures/<time>/``, so one folder never mixes two run sets. A table or figure whose
+runs are missing prints one line saying what is missing, and its files from an earlier call in
+that folder are removed; the others are still made. One that would pool or compare runs with different settings (analysis.identity) is
 refused with a line naming the differing settings, and the command exits 2. Tables:
 ``<name>.md``, ``.tex``, ``.csv``; figures: ``<name>.png`` and ``.pdf`` (Fig. 4 also
 ``fig4_efficiency.csv`` and ``fig4_per_seed.csv``); ``summary``: ``summary.json``
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +85,31 @@ def collect(roots: list[Path], dest: Path) -> int:
     return n
 
 
+def output_files(name: str) -> list[str]:
+    """The file names one output writes (what a skipped output leaves stale)."""
+    if name in TABLES or name == "evals":
+        return [f"{name}.{fmt}" for fmt in ("md", "tex", "csv")]
+    if name == "summary":
+        return ["summary.json"]
+    extra = ["fig4_efficiency.csv", "fig4_per_seed.csv"] if name == "fig4" else []
+    return [f"{name}.png", f"{name}.pdf", *extra]
+
+
+def remove_stale(name: str, out: Path) -> list[str]:
+    """Delete the files ``name`` wrote into ``out`` earlier (from other runs); their names."""
+    gone = [f for f in output_files(name) if (out / f).is_file()]
+    for f in gone:
+        (out / f).unlink()
+    return gone
+
+
+def fresh_out() -> Path:
+    """A new ``outputs/figures/<date_time-microseconds>`` (relative to the working dir, as
+    Hydra's run dirs)."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{time.time_ns() // 1000 % 1_000_000:06d}"
+    return Path("outputs") / "figures" / stamp
+
+
 def write_output(
     name: str, df: pd.DataFrame, out: Path, evals: pd.DataFrame | None = None
 ) -> list[Path]:
@@ -127,9 +157,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wandb-project", help="entity/project to read runs from with wandb.Api()")
     p.add_argument("--wandb-group", help="only W&B runs of this group")
     p.add_argument("--wandb-tag", action="append", help="only W&B runs with any of these tags")
-    p.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output dir (default paper_figures)"
-    )
+    p.add_argument("--out", type=Path, help="output dir (default: paper_figures for the committed runs, else a fresh outputs/figures/<time>)")  # fmt: skip
     p.add_argument("--only", action="append", help=f"outputs to make (repeatable/comma list): {', '.join(OUTPUTS)}")  # fmt: skip
     p.add_argument(
         "--collect", type=Path, help="copy compact run data from --runs here first, then use it"
@@ -145,12 +173,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _committed(runs: list[Path] | None) -> bool:
+    return runs is not None and {r.resolve() for r in runs} <= {r.resolve() for r in DEFAULT_RUNS}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.collect:
         n = collect(args.runs, args.collect)
         print(f"collected {n} runs into {args.collect}")
-        args.runs = [args.collect]
+        # collected into the committed run data: draw from all of it (the committed outputs)
+        args.runs = list(DEFAULT_RUNS) if _committed([args.collect]) else [args.collect]
+    if args.out is None:
+        args.out = DEFAULT_OUT if _committed(args.runs) and not args.wandb_project else fresh_out()
+        print(f"writing to {args.out}")
     df = load(args)
     partial = incomplete_runs(df)
     if partial:
@@ -164,12 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only:
         try:
             paths = write_output(name, df, args.out, evals)
-        except MissingRuns as err:
-            print(f"{name}: skipped — {err}")
-            continue
-        except MixedRuns as err:
-            print(f"{name}: REFUSED — {err}")
-            refused += 1
+        except (MissingRuns, MixedRuns) as err:
+            refused += isinstance(err, MixedRuns)
+            gone = remove_stale(name, args.out)
+            print(f"{name}: {'REFUSED' if isinstance(err, MixedRuns) else 'skipped'} — {err}"
+                  + (f" (removed {', '.join(gone)}, made from other runs)" if gone else ""))  # fmt: skip
             continue
         made += 1
         print(f"{name}: " + ", ".join(p.name for p in paths))
