@@ -10,7 +10,9 @@ training files: ``data.answer_extraction``), with these spellings:
                    (GSM8K: ``after:####`` on ``"... so 18 in all.\\n#### 18"`` -> ``18``)
 ``regex:<pat>``    the first group of the LAST match of ``<pat>`` (Python ``re``; the pattern
                    must have a group), e.g. ``regex:answer is (.+)``
-``last_number``    the last number in the text (``"... The answer is 18."`` -> ``18``)
+``last_number``    the last number in the text (``"... The answer is 18."`` -> ``18``), with
+                   what makes it another number kept on it: a percent sign (``50%``), an
+                   exponent (``10^{3}``, ``2^10``, ``4.5 \\times 10^{33}``, ``4.5e33``)
 =================  =========================================================================
 
 What a format extracts is then written the way the benchmarks' graders compare numbers
@@ -47,7 +49,11 @@ kept as written)."""
 
 # 1,000 | 1,000.5 | 18 | 18.5 | .5, with an optional sign
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-_LAST_NUMBER = re.compile(rf"(?<![\w.]){_NUMBER}(?![\d])")
+# what a number keeps in last_number: e-notation, "x 10^k" or "^k", then a percent sign; so
+# "10^{3} ways" is 10^{3} (not the exponent 3) and "50%." is 50% (docs/eval.md: kept as written)
+_POWER = r"\s*\^\s*(?:\{\s*[-+]?\d+\s*\}|[-+]?\d+)"
+_SUFFIX = rf"(?:[eE][-+]?\d+)?(?:\s*(?:\\times|\\cdot|×)\s*10{_POWER}|{_POWER})?(?:\s*\\?%)?"
+_LAST_NUMBER = re.compile(rf"(?<![\w.]){_NUMBER}(?![\d]){_SUFFIX}")
 _PLAIN = re.compile(
     rf"^(?P<sign>[-+]?)\s*(?:\\?\$)?\s*(?P<num>{_NUMBER.removeprefix('[-+]?')})\.?"
     r"(?:\s*(?P<unit>[A-Za-z]+)\.?)?$"
@@ -142,10 +148,13 @@ def last_match_group(text: str, pattern: str) -> str | None:
 
 
 def last_number(text: str) -> str | None:
-    """The last number in ``text`` (sign, thousands separators and decimals kept as written).
+    """The last number in ``text`` (sign, thousands separators and decimals kept as written),
+    with its percent sign or exponent (``50%``, ``10^{3}``, ``4.5 \\times 10^{33}``).
 
     >>> last_number("She pays $1,250 for 3 of them. The answer is 1,250.")
     '1,250'
+    >>> last_number("The answer is 50%."), last_number("There are 10^{3} ways.")
+    ('50%', '10^{3}')
     """
     found = _LAST_NUMBER.findall(text)
     return found[-1] if found else None

@@ -151,3 +151,21 @@ def test_loader_extracts_each_row_and_names_a_bad_row(tmp_path: Path):
     gappy.write_text(Path(bad).read_text().replace("\n", "\n\n", 1))
     with pytest.raises(ValueError, match=r"gappy.jsonl: row 4 \(line 5\): answer_extraction="):
         load_problems(str(gappy), problem_field="question", answer_extraction="after:####")
+
+
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        ("The answer is 50%.", "50%"),  # percentages kept as written (docs/eval.md)
+        ("so 8\\% of them", "8\\%"),
+        ("There are 10^{3} ways.", "10^{3}"),  # the number, not its exponent 3
+        ("10^{3} ways", "10^{3}"),
+        ("2^10 subsets", "2^10"),
+        ("about 4.5 \\times 10^{33} atoms", "4.5 \\times 10^{33}"),
+        ("about 4.5e33 atoms", "4.5e33"),
+        ("In all, 1,250", "1250"),  # a plain number still normalised
+    ],
+)
+def test_last_number_keeps_what_makes_it_the_number(text: str, gold: str):
+    """Item 11: a percent sign or an exponent stays on the last number."""
+    assert _ext("last_number", text) == gold
