@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
+from sfpo_lab.attention import configure_sdpa_backends
 from sfpo_lab.config import RunConfig
 from sfpo_lab.fsdp_init import empty_generation_copy, sharded_policy
 
@@ -82,6 +83,8 @@ class SFPOModule(L.LightningModule):
         if self.policy is not None:
             return
         run = self.run_cfg
+        # CUDA only: the SDPA kernels allowed (default: cuDNN attention off, pytorch#196678)
+        configure_sdpa_backends(run.model.sdpa_backends, self.trainer.strategy.root_device)
         sharded = run.trainer.strategy == "fsdp"
         if sharded:  # built on meta, sharded, then filled: 1/world of the model per rank
             root = self.trainer.strategy.root_device
@@ -204,7 +207,10 @@ class SFPOModule(L.LightningModule):
             set_rng_state(self._pending.pop("rng"))
         self.maker = ExperienceMaker(self)
         self.updater = UpdatePass(self)
-        self.stage_mem = StageMemory(self.device)
+        # perf/mem/<stage>: the trainer's memory, without a sleeping vLLM engine's pool
+        self.stage_mem = StageMemory(
+            self.device, engine_bytes=getattr(self.engine, "pool_bytes", None)
+        )
 
     # ------------------------------------------------------------------ one RL iteration
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
