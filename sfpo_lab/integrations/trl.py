@@ -82,6 +82,29 @@ def _check_args(args: Any, cfg: SFPOConfig) -> None:
             "SFPOGRPOTrainer: use_vllm=True is not supported yet (its importance-sampling "
             "correction is tied to TRL's old log-probs); allowed: False"
         )
+    _refuse_sharded_engines(
+        deepspeed=bool(getattr(args, "deepspeed", None)) or _env_flag("ACCELERATE_USE_DEEPSPEED"),
+        fsdp=bool(getattr(args, "fsdp", None) or getattr(args, "fsdp_plugin_args", None))
+        or _env_flag("ACCELERATE_USE_FSDP"),
+    )
+
+
+def _env_flag(name: str) -> bool:
+    """An ``accelerate launch`` setting passed to the process (``ACCELERATE_USE_*=true``)."""
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def _refuse_sharded_engines(deepspeed: bool, fsdp: bool) -> None:
+    """SFPO's reposition (Eq. 7) writes the parameters in place: under DeepSpeed the optimizer's
+    fp32 master copy overwrites it at the next step, and ZeRO-3 / FSDP parameters are empty
+    outside a gather, so it would be lost without an error. Refused until supported."""
+    if deepspeed or fsdp:
+        engine = "DeepSpeed" if deepspeed else "accelerate FSDP"
+        raise ValueError(
+            f"SFPOGRPOTrainer: {engine} is not supported yet (SFPO's reposition writes the "
+            "parameters in place, which the sharded/master-weight copies would silently undo); "
+            "train on one device or with DDP (no deepspeed=/fsdp= in the args or accelerate config)"
+        )
 
 
 class SFPOGRPOTrainer(GRPOTrainer):
@@ -95,6 +118,11 @@ class SFPOGRPOTrainer(GRPOTrainer):
             _check_args(given, cfg)  # before the model is loaded
         super().__init__(*args, **kw)
         _check_args(self.args, cfg)
+        # what the accelerator really uses (the args, or an `accelerate launch` config)
+        _refuse_sharded_engines(
+            deepspeed=bool(getattr(self, "is_deepspeed_enabled", False)),
+            fsdp=bool(getattr(self, "is_fsdp_enabled", False)),
+        )
         self.sfpo_cfg = cfg
         self.sfpo: SFPO | None = None
         self._sfpo_pending: dict[str, Any] | None = None
