@@ -7,7 +7,8 @@ that the resume redoes), so the file stays one row set per iteration. Every rewr
 through a temporary file and a rename: a kill at any moment leaves the old file or the new
 one, never a truncated history (Lightning rewrites the file in place when a new key appears).
 
-:func:`build_loggers` makes the run's logger list; a W&B logger continues the run dir's W&B run.
+:func:`build_loggers` makes the run's logger list; a W&B logger continues the run dir's W&B run,
+in the mode :func:`wandb_mode` resolves (online under a W&B sweep agent unless the user set one).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import os
 import secrets
 import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +109,45 @@ def build_loggers(logger_cfg: dict[str, Any], output_dir: str) -> list[Logger]:
             continue
         if str(cfg.get("_target_", "")).endswith("WandbLogger"):
             cfg = _with_wandb_id(name, dict(cfg), Path(output_dir))
+            mode, why = wandb_mode(str(cfg.get("mode") or "offline"), _overrides(), os.environ)
+            if mode != cfg.get("mode") and why == UNDER_AGENT:
+                print(f"W&B mode: {mode} ({why})")  # WANDB_MODE: the user's own choice
+            cfg["mode"] = mode
         loggers.append(instantiate(cfg))
     return loggers
+
+
+AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")
+"""Set by ``wandb agent`` in the environment of every run it starts (wandb/wandb_agent.py);
+``WANDB_RUN_ID`` alone may be the user's."""
+MODE_KEYS = ("wandb.mode", "logger.wandb.mode")
+UNDER_AGENT = "started by a W&B sweep agent; wandb.mode=offline keeps it local"
+
+
+def wandb_mode(
+    configured: str, overrides: Sequence[str], environ: Mapping[str, str]
+) -> tuple[str, str]:
+    """The W&B mode a run logs in, and why. In order: a mode set on the command line (or as a
+    sweep parameter, which the agent passes as one: ``wandb.mode=...``), else ``WANDB_MODE``,
+    else ``online`` under a W&B sweep agent (its server must receive ``val/avg``), else
+    ``configured`` (``wandb.mode``'s default: offline). Passing the mode explicitly to W&B
+    would otherwise beat ``WANDB_MODE``."""
+    for item in reversed(overrides):
+        key, sep, value = item.lstrip("+~").partition("=")
+        if sep and key in MODE_KEYS:
+            return value, f"{key}={value} given"
+    if environ.get("WANDB_MODE"):
+        return environ["WANDB_MODE"], f"WANDB_MODE={environ['WANDB_MODE']}"
+    if any(environ.get(k) for k in AGENT_ENV):
+        return "online", UNDER_AGENT
+    return configured, "wandb.mode"
+
+
+def _overrides() -> list[str]:
+    """The command line's Hydra overrides (none outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _with_wandb_id(name: str, cfg: dict[str, Any], output_dir: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import wandb.env
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -24,6 +25,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_com
 import sweeps  # make setup: pip install --no-deps sweeps jsonref (no silent skip)
 from analysis.identity import effective_config, identity
 from sfpo_lab.config import register_schema, to_run_config
+from sfpo_lab.loggers import wandb_mode
 from sweeps import RunState, SweepRun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +111,19 @@ def test_sweep_validates_and_every_run_composes(path):
                 for part in key.split("."):
                     got = getattr(got, part) if not isinstance(got, dict) else got[part]
                 assert got == want, (path.stem, key, got, want)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_an_agents_runs_log_online_and_the_sweep_file_says_so(path):
+    """Item 6 of issue 25: the agent's command line for every proposed run, in the agent's
+    environment (wandb.env names, as wandb/wandb_agent.py sets them), resolves to online."""
+    cfg = yaml.safe_load(path.read_text())
+    agent = {wandb.env.SWEEP_ID: "abc12345", wandb.env.RUN_ID: "run98765",
+             wandb.env.SWEEP_PARAM_PATH: "wandb/sweep-abc12345/config-run98765.yaml"}  # fmt: skip
+    for run in _expand(cfg)[:4]:
+        overrides = _agent_command(cfg, run)[3:]
+        assert wandb_mode("offline", overrides, agent)[0] == "online", overrides
+    assert "runs started by `wandb agent` log ONLINE" in path.read_text()
 
 
 @pytest.mark.parametrize(
