@@ -197,7 +197,9 @@ class TorchrunLauncherBase(Launcher):
         self.preempted: int | None = None  # the signal that stopped the sweep
         self._child: subprocess.Popen | None = None
         self._nproc, self._script = 1, ""
-        self._table: list[dict[str, Any]] = []  # one row per job of this launch
+        # one row per job of this multirun: a sweeper that launches in batches (Optuna) calls
+        # launch() once per batch, and multirun_summary.csv lists every batch's jobs
+        self._table: list[dict[str, Any]] = []
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -213,7 +215,6 @@ class TorchrunLauncherBase(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, one process group each")
         returns: list[JobReturn] = []
-        self._table = []
         previous = {sig: signal.signal(sig, self._forward) for sig in PREEMPT_SIGNALS}
         try:
             for i, overrides in enumerate(job_overrides):

@@ -243,3 +243,26 @@ def test_optuna_sweeper_runs_its_trials(tmp_path):
     best = max(values)
     assert result["best_value"] == pytest.approx(best[0])
     assert result["best_params"] == {"sfpo.K": best[1], "sfpo.alpha": pytest.approx(best[2])}
+
+
+def test_multirun_summary_lists_every_batch_of_a_batched_sweeper(tmp_path, monkeypatch):
+    """Item 7 of issue 25: Optuna's sweeper calls launcher.launch() once per batch of trials
+    (initial_job_idx = the first job's number); multirun_summary.csv keeps every batch."""
+    import csv
+
+    from sfpo_lab.launcher import MULTIRUN_SUMMARY_FILE, TorchrunLauncherBase, job_row
+
+    launcher = TorchrunLauncherBase()
+    sweep = {"dir": str(tmp_path)}
+    launcher.config = OmegaConf.create({"hydra": {"sweep": sweep, "hydra_logging": None, "verbose": False}})  # fmt: skip
+    launcher.hydra_context = object()  # type: ignore[assignment]
+
+    def run_one(overrides: list[str], idx: int) -> None:  # the job itself is not the point
+        launcher._table.append(job_row(idx, overrides, tmp_path / str(idx), "failed (exit 1)", 1.0))
+
+    monkeypatch.setattr(launcher, "_run_one", run_one)
+    launcher.launch([["sfpo.K=1"], ["sfpo.K=2"]], initial_job_idx=0)
+    launcher.launch([["sfpo.K=3"], ["sfpo.K=5"]], initial_job_idx=2)
+    rows = list(csv.DictReader((tmp_path / MULTIRUN_SUMMARY_FILE).open()))
+    assert [(r["job"], r["overrides"]) for r in rows] == [
+        ("0", "sfpo.K=1"), ("1", "sfpo.K=2"), ("2", "sfpo.K=3"), ("3", "sfpo.K=5")]  # fmt: skip
