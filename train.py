@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sfpo_lab.config import ConfigError, register_schema, to_run_config
-from sfpo_lab.rundir import created_by_this_launch, remove_if_empty
+from sfpo_lab.rundir import created_by_this_launch, disk_fault_line, remove_if_empty
 
 register_schema()
 
@@ -32,6 +32,9 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(run, hparams, task_cfg=cfg, finish=lambda s: write_summary(out, s))
     except ConfigError as err:
         config_error(err)
+    except (OSError, RuntimeError) as err:  # a full disk, a size limit, a read-only dir
+        disk_error(err, cfg)  # one line, not 80; any other error propagates
+        raise
     finally:
         # a live W&B run would otherwise be reused by the next multirun job (only a logger
         # that was configured imports wandb: logger=csv runs never need the package)
@@ -54,6 +57,26 @@ def config_error(err: ConfigError) -> None:
         raise err
     print(f"Error: {err}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def disk_error(err: BaseException, cfg: DictConfig) -> None:
+    """A write that failed for space, a size limit or permissions (``rundir.DISK_FAULTS``,
+    torch's writer failing on one included): one line on stderr naming the path and what is
+    intact, exit code 1; any other error is left to propagate (and every one shows its whole
+    traceback with ``HYDRA_FULL_ERROR=1``)."""
+    line = disk_fault_line(err, _output_dir(cfg))
+    if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _output_dir(cfg: DictConfig) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.output_dir
+    return str(cfg.paths.output_dir)
 
 
 def write_summary(output_dir: str, summary: dict) -> None:

@@ -18,8 +18,10 @@ reads) once the run owns the dir, so a refused resume leaves the previous config
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import socket
 import time
 import warnings
@@ -234,3 +236,108 @@ def summary_is_current(out: str | Path, iterations: int) -> bool:
         return not last.exists() or summary.stat().st_mtime_ns >= last.stat().st_mtime_ns
     except (OSError, ValueError, AttributeError):
         return False
+
+
+DISK_FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file larger than the file-size limit (ulimit -f) or the file system allows",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+# torch's zip writer turns a failed write into a RuntimeError; the OSError it hit (when it wrote
+# to a Python file object) is the RuntimeError's __context__
+TORCH_WRITE_FAILED = ("inline_container.cc", "PytorchStreamWriter failed", "file write failed")
+PATH_NAMES = ("final", "path", "filepath", "tmp")  # locals that name the file being written
+
+
+def disk_fault_line(err: BaseException, out: str | Path) -> str | None:
+    """One line for a write that failed for space, a size limit or permissions
+    (``DISK_FAULTS``; an ``OSError``, or torch's writer failing on one): the path, the fault,
+    and what in the run dir is intact (checkpoints and the config are written to a temporary
+    file and renamed, so the newest complete ``iter-N.ckpt`` / ``last.ckpt`` are whole).
+    None for any other error."""
+    out = Path(out)
+    code = _fault_errno(err)
+    if code is None and isinstance(err, RuntimeError) and _torch_write_failed(err):
+        code = _diagnose(out)
+    if code is None:
+        return None
+    path = getattr(err, "filename", None) or _path_in_traceback(err, out) or out
+    return (
+        f"Error: {DISK_FAULTS[code]} ({errno.errorcode[code]}) writing {path}; "
+        f"{_intact(out)}; fix the disk (space, limit, permissions) and rerun with "
+        "ckpt_path=last"
+    )
+
+
+def _fault_errno(err: BaseException | None) -> int | None:
+    """The ``DISK_FAULTS`` errno of ``err`` or of an exception it was raised from."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FAULTS:
+            return err.errno
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _torch_write_failed(err: BaseException) -> bool:
+    return any(s in str(err) for s in TORCH_WRITE_FAILED)
+
+
+def _diagnose(out: Path) -> int | None:
+    """Why a write into ``out`` failed when the writer kept no errno (torch writing to a
+    path): a file-size limit, a read-only mount, no write permission, or under 64 MiB free."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    try:
+        st = os.statvfs(out)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if not os.access(out, os.W_OK):
+        return errno.EACCES
+    return errno.ENOSPC if st.f_bavail * st.f_frsize < 64 << 20 else None
+
+
+def _path_in_traceback(err: BaseException, out: Path) -> Path | None:
+    """The file the failed write was for: the innermost frame's ``final`` / ``path`` / ...
+    local that lies in ``out`` (a failed ``write`` names no file)."""
+    found, out = None, out.resolve()
+    tb = err.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        for name in PATH_NAMES:
+            value = local.get(name)
+            if isinstance(value, str | os.PathLike) and Path(value).resolve().parent == out:
+                found = Path(value)
+                break
+        tb = tb.tb_next
+    return _destination(found) if found is not None else None
+
+
+def _destination(path: Path) -> Path:
+    """The file a temporary one stands for (``.iter-2.ckpt.tmp``, ``.iter-2.ckpt.123.part``
+    -> ``iter-2.ckpt``); any other path as it is."""
+    match = re.fullmatch(r"\.(.+?)(\.tmp|\.\d+\.part)", path.name)
+    return path.with_name(match.group(1)) if match else path
+
+
+def _intact(out: Path) -> str:
+    """What in ``out`` a failed write left whole: the newest checkpoint, or the files."""
+    ckpts = sorted(out.glob("iter-*.ckpt")) if out.is_dir() else []
+    if ckpts:
+        last = " (last.ckpt names it)" if (out / "last.ckpt").exists() else ""
+        return f"intact: {ckpts[-1]}{last}, the newest complete checkpoint"
+    try:
+        names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    except OSError:
+        names = []
+    if not names:
+        return f"nothing was written in {out}"
+    return f"no checkpoint yet; intact: {', '.join(names[:6])} in {out}"

@@ -46,3 +46,31 @@ def test_another_hosts_lock_is_refused_unless_it_is_this_slurm_job(tmp_path, mon
         lock.acquire()
     assert (tmp_path / LOCK_FILE).read_text().split()[1:] == [socket.gethostname(), "777"]
     lock.release()
+
+
+def test_a_reused_pid_is_taken_over_and_a_live_one_gets_a_hint(tmp_path):
+    """Issue 30, item 6: a lock whose pid is alive but started after the lock was written
+    (the run died, its pid went to another process) was refused as live, with no hint. It is
+    now taken over with a warning saying so; a refusal names the live pid's command and how
+    to remove the lock if that pid is not the run."""
+    lock_file = tmp_path / LOCK_FILE
+    lock_file.write_text(f"{os.getpid()} {socket.gethostname()} -\n")
+    with pytest.raises(ConfigError) as info:
+        RunDirLock(tmp_path).acquire()
+    msg = str(info.value)
+    assert f"pid {os.getpid()} on {socket.gethostname()}, lock {lock_file}: " in msg
+    assert f"if pid {os.getpid()} is not that run (a reused pid), delete {lock_file}" in msg
+
+    other = subprocess.Popen(["sleep", "30"])  # started after the lock below was written
+    try:
+        lock_file.write_text(f"{other.pid} {socket.gethostname()} -\n")
+        old = lock_file.stat().st_mtime - 3600
+        os.utime(lock_file, (old, old))  # the lock is an hour older than that process
+        lock = RunDirLock(tmp_path)
+        with pytest.warns(UserWarning, match="its pid now belongs to a process started after"):
+            lock.acquire()
+        assert lock_file.read_text().split()[0] == str(os.getpid())
+        lock.release()
+    finally:
+        other.kill()
+        other.wait()

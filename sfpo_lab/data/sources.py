@@ -8,9 +8,11 @@ neither an existing path nor shaped like one (then it is a hub dataset id, loade
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,42 @@ def _read_jsonl_lines(path: Path, lines: Iterator[str]) -> list[Row]:
     return rows
 
 
+def _not_utf8(
+    path: Path, data: bytes, err: UnicodeDecodeError, start: int = 0, line: int = 1
+) -> ValueError:
+    """The error for bytes of ``path`` that are not UTF-8: file, line and byte offset
+    (``data`` holds the file's bytes from byte ``start``, which begins line ``line``)."""
+    at = start + err.start
+    line += data[: err.start].count(b"\n")
+    return ValueError(
+        f"{path}: line {line}: byte offset {at}: not UTF-8 (byte 0x{data[err.start]:02x}: "
+        f"{err.reason}); re-encode the file as UTF-8 or fix the row"
+    )
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; a bad byte is a ``ValueError`` naming its line and offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e) from None
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of ``path`` decoded one by one (a huge file is not held twice)."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, offset, n) from None
+            offset += len(raw)
+
+
 def _read_jsonl(path: Path) -> list[Row]:
-    with open(path, encoding="utf-8") as fh:
-        return _read_jsonl_lines(path, fh)
+    return _read_jsonl_lines(path, _utf8_lines(path))
 
 
 def _row_lines(name: str) -> list[int] | None:
@@ -62,14 +97,13 @@ def _row_lines(name: str) -> list[int] | None:
     path = Path(name).expanduser()
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return None
-    with open(path, encoding="utf-8") as fh:
-        lines = [n for n, line in enumerate(fh, 1) if line.strip()]
+    lines = [n for n, line in enumerate(_utf8_lines(path), 1) if line.strip()]
     return None if lines == list(range(1, len(lines) + 1)) else lines
 
 
 def _read_json(path: Path) -> list[Row]:
     """A JSON array of objects, ``{"data": [...]}``, or (as many hub ``.json`` files) JSON lines."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -96,7 +130,7 @@ def _read_parquet(path: Path) -> list[Row]:
 
 def _read_csv(path: Path) -> list[Row]:
     rows: list[Row] = []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.DictReader(fh)
         for row in reader:
             if None in row or None in row.values():
@@ -137,6 +171,18 @@ def read_rows(path: str | Path) -> list[Row]:
 
 
 # --------------------------------------------------------------------------- rows -> problems
+
+
+def _warn_skipped(name: str, skipped: list[int], total: int) -> None:
+    """Skipped rows, said on the console (a ``UserWarning``: under Hydra the ``logging`` root
+    writes to ``train.log`` only) and in the log."""
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    msg = (
+        f"{name}: skipped {len(skipped)} of {total} rows with an empty gold answer "
+        f"(rows {', '.join(map(str, skipped[:10]))}{more})"
+    )
+    log.info(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def _load_rows(name: str, split: str) -> tuple[list[Row], str]:
@@ -309,12 +355,7 @@ def load_problems(
         problem = problem_text(_field(row, problem_field, where), where)
         out.append(Problem(id=pid, problem=problem, answer=answer, source=source))
     if skipped:
-        log.warning(
-            "%s: skipped %d rows with an empty gold answer (rows %s)",
-            path_or_hub_name,
-            len(skipped),
-            skipped[:10],
-        )
+        _warn_skipped(path_or_hub_name, skipped, len(rows[:limit]))
     if not out:
         raise ValueError(f"{path_or_hub_name}: no row has a non-empty gold answer")
     return out

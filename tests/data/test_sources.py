@@ -68,10 +68,41 @@ def test_float_golds_become_integers(train_dir: Path, bench_dir: Path):
     assert load_problems(str(bench_dir / "amc23.jsonl"))[0].answer == "27"
 
 
-def test_skipped_empty_golds_are_logged(train_dir: Path, caplog: pytest.LogCaptureFixture):
-    with caplog.at_level(logging.WARNING):
+def test_skipped_empty_golds_are_said_on_the_console_and_logged(
+    train_dir: Path, caplog: pytest.LogCaptureFixture
+):
+    """A UserWarning (the console: under Hydra the logging root writes to train.log only)
+    and a log record (train.log) name the skipped rows (issue 30, item 6)."""
+    msg = "skipped 2 of 7500 rows with an empty gold answer (rows 5342, 5344)"
+    with caplog.at_level(logging.INFO), pytest.warns(UserWarning) as seen:
         load_problems(str(train_dir / "lighteval-math_train.parquet"))
-    assert "skipped 2 rows with an empty gold answer (rows [5342, 5344])" in caplog.text
+    assert [str(w.message) for w in seen if "skipped" in str(w.message)] == [
+        f"{train_dir / 'lighteval-math_train.parquet'}: {msg}"
+    ]
+    assert msg in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_byte_that_is_not_utf8_is_named_by_file_line_and_offset(tmp_path: Path, suffix: str):
+    """Issue 30, item 6: a decode error names the file, the line and the byte offset (it was
+    Python's "can't decode byte 0xff in position N" of a read buffer, no file, no line)."""
+    head = {
+        ".jsonl": '{"problem": "1+1", "answer": "2"}\n{"problem": "2+2", "answer": "4"}\n',
+        ".json": '[{"problem": "1+1", "answer": "2"},\n {"problem": "2+2", "answer": "4"},\n',
+        ".csv": "problem,answer\n1+1,2\n",
+    }[suffix]
+    bad = {".jsonl": b'{"problem": "x\xff", "answer": "1"}\n', ".json": b'{"problem": "\xff"}]',
+           ".csv": b"x\xff,1\n"}[suffix]  # fmt: skip
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(head.encode() + bad)
+    offset = len(head.encode()) + bad.index(b"\xff")
+    line = head.count("\n") + 1
+    with pytest.raises(ValueError) as info:
+        load_problems(str(path))
+    assert str(info.value) == (
+        f"{path}: line {line}: byte offset {offset}: not UTF-8 (byte 0xff: invalid start "
+        "byte); re-encode the file as UTF-8 or fix the row"
+    )
 
 
 def test_jsonl_benchmarks_by_field_mapping(bench_dir: Path):
