@@ -24,7 +24,13 @@ linked), swapped atomically; a directory that replaces an existing one (``best.c
 in two steps, the old one first set aside as ``.<name>.old``, which the next start puts back if a
 kill came in between. Read either format with :func:`checkpoint_meta` (no tensors) or
 :func:`load_full_checkpoint`; ``python -m sfpo_lab.checkpointing <dir> <file>`` consolidates a
-sharded checkpoint into one full file.
+sharded checkpoint into one full file (more commands: :mod:`sfpo_lab.checkpoint_cli`).
+
+Every file is written beside its destination, never in ``$TMPDIR`` (:class:`CheckpointFileIO`,
+which this callback installs in place of Lightning's ``TorchCheckpointIO``: that one buffers the
+whole checkpoint in memory, writes it to ``$TMPDIR`` and copies it over), and carries a digest
+checked before it is read (:mod:`sfpo_lab.checkpoint_integrity`); every reader here reads with
+``torch.load(weights_only=True)`` (:mod:`sfpo_lab.checkpoint_safety`, docs/security.md).
 """
 
 from __future__ import annotations
@@ -37,8 +43,34 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from sfpo_lab import checkpoint_integrity as integrity
+from sfpo_lab.checkpoint_safety import check_sharded, safe_load
 from sfpo_lab.eval.callback import ValidationCallback
+
+
+class CheckpointFileIO(TorchCheckpointIO):
+    """Lightning's checkpoint file IO, written and read the safe way: a save streams into a
+    temporary file beside the destination with its digest (:func:`integrity.save_file`); a
+    load checks the digest, then reads with ``weights_only=True`` unless Lightning is told
+    ``weights_only=False`` (the runner's ``trust_checkpoint=true``)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("CheckpointFileIO.save_checkpoint takes no storage_options")
+        integrity.save_file(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        name = f"ckpt_path={str(path)!r}"
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        integrity.verify(path, name)
+        return safe_load(path, name=name, trust=weights_only is False)
 
 
 class IterationCheckpoint(L.Callback):
@@ -60,10 +92,15 @@ class IterationCheckpoint(L.Callback):
         self.best = state.get("best", -math.inf)
         self.best_iteration = state.get("best_iteration")
 
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        """Write checkpoints with :class:`CheckpointFileIO` unless another IO was chosen."""
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = CheckpointFileIO()
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         # temporaries of a save that was killed: never complete, never referenced
         if trainer.is_global_zero and self.dirpath.is_dir():
-            for stale in self.dirpath.glob(".*.ckpt.tmp"):
+            for stale in [*self.dirpath.glob(".*.ckpt.tmp"), *self.dirpath.glob(".*.part")]:
                 _remove(stale)
             for old in self.dirpath.glob(".*.ckpt.old"):  # a directory set aside mid-replace
                 final = self.dirpath / old.name[1:].removesuffix(".old")
@@ -108,6 +145,8 @@ class IterationCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp)  # refuses non-finite weights (SFPOModule.on_save_checkpoint)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
+            if tmp.is_dir():  # sharded: every rank's files are in; a full file has its digest
+                integrity.write_manifest(tmp)
             _fsync_tree(tmp)
             _replace(tmp, final)
             if also_last:
@@ -194,8 +233,9 @@ def is_checkpoint(path: str | os.PathLike[str]) -> bool:
     return Path(path).is_file() or is_sharded(path)
 
 
-def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Everything of a checkpoint but the model and optimizer tensors, either format.
+def checkpoint_meta(path: str | os.PathLike[str], trust: bool = False) -> dict[str, Any]:
+    """Everything of a checkpoint but the model and optimizer tensors, either format, read with
+    ``weights_only=True`` (``trust``: the user's ``trust_checkpoint=true``).
 
     Returns:
         Lightning's checkpoint dict without ``state_dict`` / ``optimizer_states``: among others
@@ -204,14 +244,14 @@ def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no checkpoint of either format at ``path``.
+        UnsafeCheckpoint: reading it would run code from it (one line; nothing was run).
     """
-    import torch
-
     p = Path(path)
+    name = repr(str(path))
     if is_sharded(p):
-        meta = torch.load(p / META_FILE, map_location="cpu", weights_only=False)
+        meta = safe_load(p / META_FILE, name=f"{name} ({META_FILE})", trust=trust)
     elif p.is_file():
-        meta = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+        meta = safe_load(p, name=name, trust=trust, mmap=True)
     else:
         raise FileNotFoundError(
             f"{str(path)!r}: no checkpoint (neither a file nor a directory with {META_FILE})"
@@ -221,22 +261,44 @@ def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in TENSOR_KEYS}
 
 
+def check_checkpoint(
+    path: str | os.PathLike[str], trust: bool = False, setting: str = "ckpt_path"
+) -> None:
+    """Refuse, in one line and before anything heavy, a checkpoint that is corrupt (its digest)
+    or whose reading would run code (every pickle in it is read with ``weights_only=True``;
+    skipped with ``trust``). ``setting`` names it in the message (``ckpt_path`` / ``ckpt``).
+
+    Raises:
+        CheckpointRefused: :class:`CorruptCheckpoint` or :class:`UnsafeCheckpoint`.
+    """
+    p = Path(path)
+    name = f"{setting}={str(path)!r}"
+    integrity.verify(p, name, setting)
+    if is_sharded(p):
+        check_sharded(p, name, trust=trust)
+        safe_load(p / META_FILE, name=f"{name} ({META_FILE})", trust=trust)
+    elif p.is_file():
+        safe_load(p, name=name, trust=trust, mmap=True)
+
+
 def load_full_checkpoint(
-    path: str | os.PathLike[str], weights_only: bool = False
+    path: str | os.PathLike[str], weights_only: bool = False, trust: bool = False
 ) -> dict[str, Any]:
     """A checkpoint as one full-state dict on the host, either format (no process group).
 
     A sharded one is consolidated from its shards: ``state_dict`` holds the full tensors;
-    ``optimizer_states`` (omitted when ``weights_only``) is keyed by parameter name (FSDP2's
-    ``get_optimizer_state_dict``), where a full file keys it by parameter index.
+    ``optimizer_states`` (omitted when ``weights_only``: the weights without the optimizer, not
+    torch's flag) is keyed by parameter name (FSDP2's ``get_optimizer_state_dict``), where a
+    full file keys it by parameter index. The digest is checked and every pickle is read with
+    ``torch.load(weights_only=True)`` first (:func:`check_checkpoint`); ``trust`` unpickles it
+    fully (``trust_checkpoint=true``).
     """
-    import torch
-
     p = Path(path)
+    if not is_checkpoint(p):
+        checkpoint_meta(p)  # raises the FileNotFoundError
+    check_checkpoint(p, trust=trust, setting="ckpt")
     if not is_sharded(p):
-        if not p.is_file():
-            checkpoint_meta(p)  # raises the FileNotFoundError
-        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = safe_load(p, name=repr(str(path)), trust=trust, mmap=True)
         return {k: v for k, v in ckpt.items() if k != "optimizer_states"} if weights_only else ckpt
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
@@ -244,9 +306,9 @@ def load_full_checkpoint(
 
     tensors: dict[str, Any] = {}
     keys = {"state_dict"} if weights_only else None
-    reader = FileSystemReader(str(p))
+    reader = FileSystemReader(str(p))  # its pickles were just shown to be plain data
     _load_state_dict(tensors, reader, planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
-    out = checkpoint_meta(p) | {"state_dict": tensors.pop("state_dict")}
+    out = checkpoint_meta(p, trust=trust) | {"state_dict": tensors.pop("state_dict")}
     optimizers = sorted((k for k in tensors if k.startswith("optimizer_")), key=_index)
     if optimizers:
         out["optimizer_states"] = [tensors[k] for k in optimizers]
@@ -259,18 +321,12 @@ def _index(key: str) -> int:
 
 def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Write sharded checkpoint ``src`` as one full file ``dst`` (loads like a ``full`` one)."""
-    import torch
-
     if not is_sharded(src):
         raise ValueError(f"{str(src)!r} is not a sharded checkpoint (a directory with {META_FILE})")
-    out = Path(dst)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(load_full_checkpoint(src), tmp)
-    os.replace(tmp, out)
-    return out
+    return integrity.save_file(load_full_checkpoint(src), dst)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m sfpo_lab.checkpointing <sharded ckpt dir> <output .ckpt file>")
-    print(consolidate(sys.argv[1], sys.argv[2]))
+    from sfpo_lab.checkpoint_cli import main
+
+    main(sys.argv[1:])

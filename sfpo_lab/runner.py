@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from sfpo_lab import quiet
+from sfpo_lab.checkpoint_safety import trusted
 from sfpo_lab.checkpointing import IterationCheckpoint
 from sfpo_lab.config import ConfigError, RunConfig
 from sfpo_lab.data.datamodule import RLDataModule
@@ -141,7 +142,21 @@ def train(
     """
     quiet.install()  # known-harmless library notices, filtered at their loggers
     requeued = run.ckpt_path == "last"
-    preflight(run)  # writes nothing: a refused run leaves the run dir as it was
+    resume = check_resume_checkpoint(run)  # corrupt or unsafe: one line, nothing read unsafely
+    with trusted(resume if run.trust_checkpoint else None):  # preflight reads it too
+        preflight(run)  # writes nothing: a refused run leaves the run dir as it was
+        return _train_in_run_dir(run, hparams, callbacks, task_cfg, finish, requeued)
+
+
+def _train_in_run_dir(
+    run: RunConfig,
+    hparams: dict[str, Any],
+    callbacks: Sequence[L.Callback],
+    task_cfg: Any,
+    finish: Callable[[dict[str, Any]], None] | None,
+    requeued: bool,
+) -> dict[str, Any]:
+    """Own the run dir (its lock) while building, fitting and finishing."""
     lock = RunDirLock(run.paths.output_dir)
     try:
         with EarlySignals() as early:
@@ -153,6 +168,30 @@ def train(
             return summary
     finally:
         lock.release()
+
+
+def check_resume_checkpoint(run: RunConfig) -> str | None:
+    """The checkpoint a resume reads (``ckpt_path``; ``last``: the run dir's ``last.ckpt`` if
+    any), refused before anything else reads it when its digest does not match or reading it
+    would run code (``trust_checkpoint=true`` lifts the second check only).
+
+    Raises:
+        ConfigError: one line naming the checkpoint, why, and what to do.
+    """
+    from sfpo_lab.checkpoint_safety import CheckpointRefused
+    from sfpo_lab.checkpointing import check_checkpoint, is_checkpoint
+
+    path = run.ckpt_path
+    if path == "last":
+        last = Path(run.paths.output_dir) / "last.ckpt"
+        path = str(last) if last.exists() else None
+    if path is None or not is_checkpoint(path):
+        return path  # nothing to resume from, or preflight names the missing file
+    try:
+        check_checkpoint(path, trust=run.trust_checkpoint)
+    except CheckpointRefused as e:
+        raise ConfigError(str(e)) from None
+    return path
 
 
 def _build_and_fit(
@@ -207,18 +246,19 @@ def _build_and_fit(
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     if run.ckpt_path is not None:
-        _truncate_logs_after(trainer, _checkpoint_iteration(run.ckpt_path))
+        _truncate_logs_after(trainer, _checkpoint_iteration(run.ckpt_path, run.trust_checkpoint))
     elif requeued:  # killed before its first checkpoint: its rows are about to be redone
         _truncate_logs_after(trainer, -1)
-    # our own checkpoints hold RNG states and counters (not only tensors): trusted input
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=False)
+    # checkpoints hold plain data only (docs/security.md); trust_checkpoint=true unpickles fully
+    weights_only = not run.trust_checkpoint
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=weights_only)
     return {**summarize(module, val_cb), "prompts_filtered": n_dropped}
 
 
-def _checkpoint_iteration(ckpt_path: str) -> int:
+def _checkpoint_iteration(ckpt_path: str, trust: bool = False) -> int:
     from sfpo_lab.checkpointing import checkpoint_meta
 
-    meta = checkpoint_meta(ckpt_path)  # a file or a sharded directory
+    meta = checkpoint_meta(ckpt_path, trust=trust)  # a file or a sharded directory
     return int(meta["sfpo_counters"]["iteration"])  # an sfpo_lab checkpoint (preflight)
 
 

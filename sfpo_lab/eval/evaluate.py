@@ -218,27 +218,23 @@ def load_policy_weights(
     return len(policy)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> dict[str, Any]:
     """A training checkpoint as a dict without optimizer state (a file's tensors memory-mapped,
-    not copied; a directory, FSDP2's sharded format, consolidated on the host through
-    ``sfpo_lab.checkpointing.load_full_checkpoint``).
+    not copied; a directory, FSDP2's sharded format, consolidated on the host), read through
+    ``sfpo_lab.checkpointing.load_full_checkpoint``: its digest is checked and every pickle in
+    it is read with ``torch.load(weights_only=True)``, so no code from the file runs (``trust``:
+    the user's ``trust_checkpoint=true``, which unpickles it fully).
 
     Raises:
-        ValueError: naming ``ckpt`` when it is not a readable checkpoint.
+        ValueError: naming ``ckpt`` when it is not a readable checkpoint, is corrupt, or would
+            run code when read (``CheckpointRefused``, one line).
     """
+    from sfpo_lab.checkpointing import check_checkpoint, load_full_checkpoint
+
     path = Path(path)
     try:
-        if path.is_dir():
-            from sfpo_lab import checkpointing
-
-            load_full = getattr(checkpointing, "load_full_checkpoint", None)
-            if load_full is None:
-                raise ValueError(
-                    f"ckpt={str(path)!r} is a directory (a sharded FSDP2 checkpoint); this "
-                    "version reads one .ckpt file: consolidate it first"
-                )
-            return load_full(path, weights_only=True)
-        loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        check_checkpoint(path, trust=trust, setting="ckpt")  # names ckpt=... in its one line
+        loaded = load_full_checkpoint(path, weights_only=True, trust=trust)
     except ValueError:
         raise
     except Exception as e:  # truncated / not a torch file / no shards: several types
