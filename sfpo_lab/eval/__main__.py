@@ -70,7 +70,8 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         if not Path(path).expanduser().exists():
             raise EvalConfigError(f"ckpt={path!r}: no such file (a Lightning .ckpt)")
         try:
-            extra["ckpt"] = read_checkpoint(Path(path).expanduser())
+            trust = bool(cfg.get("trust_checkpoint", False))  # runs code from the file
+            extra["ckpt"] = read_checkpoint(Path(path).expanduser(), trust=trust)
             run = saved_run(extra["ckpt"], path)
         except ValueError as e:
             raise EvalConfigError(str(e)) from None
