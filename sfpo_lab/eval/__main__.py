@@ -89,8 +89,8 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
                 raise EvalConfigError(str(e)) from None
             counters = extra["ckpt"].get("sfpo_counters") or {}
             extra["iteration"] = int(counters.get("iteration", 0))
-    fill_standalone(cfg)
             extra["from_run"] = taken_from_run(given, cfg, VALIDATION)
+    fill_standalone(cfg)
     return cfg, extra
 
 
@@ -275,11 +275,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     returns the summary."""
     cfg, extra = resolve(cfg)
     check_settings(cfg)
-    params = SamplingParams(
     try:
         check_out(str(cfg.out))  # before the model: never over a training run's files
     except ValueError as e:
         raise EvalConfigError(str(e)) from None
+    params = SamplingParams(
         n=int(cfg.n),
         max_new_tokens=int(cfg.max_new_tokens),
         temperature=float(cfg.temperature),
@@ -314,9 +314,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "iteration": extra["iteration"],
         "differs_from_run_validation": {k: list(v) for k, v in extra["differs"].items()},
     }
-    out = write_outputs(cfg.out, summary, records, settings)
     counts = {name: len(ps) for name, ps in problem_sets.items()}
     summary["evaluated"] = evaluated(cfg, extra, counts, source)
+    out = write_outputs(cfg.out, summary, records, settings)
     print(results_table(summary, problem_sets, params.n, extra))
     print(f"-> {out}")
     return summary
@@ -337,11 +337,11 @@ def results_table(
         got = val.get(f"val/{name}/acc")
         lines.append(row + (f"  {got:6.2f}" if val and got is not None else ""))
     lines.append(f"{'avg':>16}  {'':>8}  {'':>4}  {summary['avg']:6.2f}")
-    if extra["differs"]:
     held = extra.get("file")
     note = from_run_note(extra.get("from_run") or {}, held, len(sets.get(held or "", [])))
     if note:
         lines.append(f"note: {note}")
+    if extra["differs"]:
         diff = ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in extra["differs"].items())
         lines.append(f"note: not the run's validation settings: {diff}")
     if extra["run"] is not None and extra["run"].rollout.engine == "vllm":
