@@ -137,8 +137,9 @@ def train(
     ``callbacks`` are added after the built-in ones (validation, checkpoint, preemption).
     ``task_cfg`` (the composed Hydra config) is saved to ``.hydra/`` once the run owns its dir;
     ``finish(summary)`` runs while it still owns it (``train.py`` writes ``summary.json``).
-    A SIGTERM / SIGUSR1 ends the run with ``SystemExit(0)``: during training after a
-    checkpoint, before it with nothing written (see :mod:`sfpo_lab.preemption`).
+    A SIGTERM / SIGUSR1 / SIGINT ends the run with ``SystemExit(0)``: during training after a
+    checkpoint, before it with no checkpoint (a second SIGINT: ``SystemExit(130)`` at once; see
+    :mod:`sfpo_lab.preemption`).
     """
     quiet.install()  # known-harmless library notices, filtered at their loggers
     requeued = run.ckpt_path == "last"
@@ -194,6 +195,28 @@ def check_resume_checkpoint(run: RunConfig) -> str | None:
     return path
 
 
+def check_resume_base(run: RunConfig, model_path: str) -> None:
+    """A resume on another base model than the checkpoint's is refused in one line, before any
+    weights load (the KL reference is rebuilt from the base; the module checks again on load).
+
+    Raises:
+        ConfigError: naming both bases.
+    """
+    from sfpo_lab.checkpointing import checkpoint_meta, is_checkpoint
+    from sfpo_lab.reference import base_identity, check_same_base
+
+    path = run.ckpt_path
+    if path == "last":
+        path = str(Path(run.paths.output_dir) / "last.ckpt")
+    if path is None or not Path(path).exists() or not is_checkpoint(path):
+        return
+    try:
+        saved = checkpoint_meta(path, trust=run.trust_checkpoint).get("sfpo_base")
+        check_same_base(saved, base_identity(model_path))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _build_and_fit(
     run: RunConfig,
     hparams: dict[str, Any],
@@ -213,6 +236,7 @@ def _build_and_fit(
         raise ConfigError(str(e)) from e
     early.check("data loaded")
     model_path, tokenizer = prepare_model(run)  # the tokenizer; weights load in the module
+    check_resume_base(run, model_path)  # another base: refused before any weights load
     problems, n_dropped = filter_long_prompts(run, problems, tokenizer, log=rank_zero_info)
     check_val_prompts(run, benchmarks, tokenizer)
     early.check("model prepared")

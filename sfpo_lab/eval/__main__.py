@@ -261,7 +261,13 @@ def load_model(cfg: DictConfig, source: str, extra: dict[str, Any] | None = None
         dtype = str(compute_dtype(extra["run"])).removeprefix("torch.")
     elif dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
-    model = build_causal_lm(source, dtype=dtype)
+    from sfpo_lab.attention import configure_sdpa_backends
+
+    # a run's attention settings on CUDA (its flash kernel needs a GPU); else the pad-safe sdpa
+    run_cfg = extra.get("run")
+    configure_sdpa_backends(None if run_cfg is None else run_cfg.model.sdpa_backends, device)
+    attn = run_cfg.model.attn_implementation if run_cfg is not None and device == "cuda" else None
+    model = build_causal_lm(source, dtype=dtype, attn_implementation=attn)
     if cfg.ckpt is not None:
         try:
             load_policy_weights(model, extra.get("ckpt") or str(cfg.ckpt))

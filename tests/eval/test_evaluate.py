@@ -15,7 +15,6 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from sfpo_lab.config import RunConfig
 from sfpo_lab.data.records import Problem
 from sfpo_lab.eval.__main__ import (
     CONFIG,
@@ -44,11 +43,11 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def toy_dir(cache_dir: Path) -> Path:
-    """The toy base as ``model=toy toy_warmup_steps=5`` with ``SFPO_CACHE_DIR=cache_dir`` builds it."""
-    run = RunConfig()
-    run.paths.cache_dir = str(cache_dir)
-    run.model.warmup.steps = WARMUP_STEPS
-    return toy_base_model(run, log=lambda *_: None)
+    """The toy base as ``model=toy toy_warmup_steps=5`` with ``SFPO_CACHE_DIR=cache_dir`` builds it
+    (the default training run's task, composed from conf/)."""
+    from sfpo_lab.eval.toy import toy_run
+
+    return toy_base_model(toy_run(str(cache_dir), WARMUP_STEPS), log=lambda *_: None)
 
 
 class ParityVerifier:
