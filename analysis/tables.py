@@ -181,7 +181,26 @@ def table_frame(
                 out += _rows(model, data, name, diff, _order(diff, benchmarks), None, benchmarks)
     long = pd.DataFrame(out)
     long.attrs["left_out"] = left_out
+    long.attrs["unclean"] = unclean_runs(runs)
     return long
+
+
+def unclean_runs(runs: pd.DataFrame) -> list[str]:
+    """``"<model> <method> seed <s>: <k> skipped step(s), <r> rollback(s)"`` for every run that
+    skipped a non-finite optimizer step or rolled an SFPO iteration back to theta0 (its last
+    ``train/skipped_steps`` / ``train/restored_iterations``, both cumulative counters)."""
+    keys = ("train/skipped_steps", "train/restored_iterations")
+    rows = runs[runs["metric"].isin(keys)]
+    if rows.empty:
+        return []
+    last = rows.groupby(["model", "method", "seed", "metric"])["value"].max().unstack("metric")
+    last = last.reindex(columns=list(keys)).fillna(0)
+    bad = last[(last > 0).any(axis=1)]
+    return [
+        f"{model} {method} seed {seed}: {int(r[keys[0]])} skipped step(s), "
+        f"{int(r[keys[1]])} rollback(s)"
+        for (model, method, seed), r in bad.iterrows()
+    ]
 
 
 def _cell(r: pd.Series) -> str:
@@ -220,6 +239,9 @@ def _note(long: pd.DataFrame, paper_data: str) -> str:
             f" {model}: method rows and Base are over the seeds every method ran; left out "
             f"(not run by every method): {shown} (the paired rows use each pair's shared seeds)."
         )
+    unclean = long.attrs.get("unclean") or []
+    if unclean:
+        note += f" NOT CLEAN (non-finite steps skipped or iterations rolled back): {'; '.join(unclean)}."
     if "GRPO-μ" in set(long["method"]):
         note += (
             " GRPO-μ: SFPO with α = 1 and slow correction on (K + 1 update passes per rollout "

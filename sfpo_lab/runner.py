@@ -307,6 +307,10 @@ def summarize(module: SFPOModule, val_cb: ValidationCallback) -> dict[str, Any]:
         "val_avg_first": first.get("val/avg"),
         "val_avg_last": last.get("val/avg"),
         "stop_step": stop,
+        # optimizer steps skipped as non-finite and SFPO iterations rolled back to theta0: a run
+        # with either is marked (console, summary.json, analysis tables)
+        "skipped_steps": module.skipped_steps,
+        "restored_iterations": module.restored_iterations,
     }
     if module.run_cfg.sfpo.alpha == 0:  # GRPO: no trigger to speak of
         trigger = "none (GRPO)"
@@ -320,6 +324,12 @@ def summarize(module: SFPOModule, val_cb: ValidationCallback) -> dict[str, Any]:
             f"{int(last['iteration'])} ({last['val/avg'] - first['val/avg']:+.1f} points); "
             f"entropy trigger: {trigger}; "
             f"{module.rollouts} rollouts in {module.wall_clock_s:.0f}s of training"
+        )
+    if module.skipped_steps or module.restored_iterations:
+        rank_zero_info(
+            f"[summary] NOT A CLEAN RUN: {module.skipped_steps} optimizer step(s) skipped as "
+            f"non-finite, {module.restored_iterations} SFPO iteration(s) rolled back to theta0 "
+            "(train/skipped_steps, train/restored_iterations in metrics.csv)"
         )
     out = Path(module.run_cfg.paths.output_dir)
     curves = out / "curves.png"

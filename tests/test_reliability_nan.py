@@ -104,8 +104,10 @@ def all_finite(w: dict[str, torch.Tensor]) -> bool:
 def test_nan_gradients_skip_those_steps_and_are_counted(tmp_path, cache):
     """SFPO K=3: 4 optimizer steps per iteration; NaN grads at steps 2 and 7 are skipped."""
     nan = Poison("grad", at={2, 7})
-    train(make_run(tmp_path, cache), {}, callbacks=[nan])
+    summary = train(make_run(tmp_path, cache), {}, callbacks=[nan])
     assert nan.calls == 8, "one backward per optimizer step (micro-batch = whole batch)"
+    # the run is marked (issue 30 item 1): summary.json's summary and the console line
+    assert (summary["skipped_steps"], summary["restored_iterations"]) == (2, 0)
     assert [float(r["train/skipped_steps"]) for r in rows(tmp_path)] == [1.0, 2.0]
     assert all_finite(weights(tmp_path / "last.ckpt"))
 

@@ -50,3 +50,22 @@ def test_method_rows_and_base_are_over_the_seeds_every_method_ran(tmp_path):
     assert set(avg["seeds"]) == {2}
     assert long.attrs["left_out"] == {"tiny-qwen2": {"GRPO": [2]}}
     assert "left out (not run by every method): GRPO seed 2" in table1(df, "md")
+
+
+def test_a_run_with_skipped_steps_or_rollbacks_is_marked(tmp_path):
+    """Issue 30, item 1: a run that skipped non-finite steps or rolled iterations back to
+    theta0 is named in the table's note (a clean run is not)."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root / f"grpo_s{seed}", "paper_main", seed=seed, alpha=0.0)
+        write_run(root / f"sfpo_s{seed}", "paper_main", seed=seed, alpha=0.8)
+    assert "NOT CLEAN" not in table1(discover([root]), "md")
+    metrics = root / "sfpo_s1" / "metrics.csv"
+    rows = pd.read_csv(metrics)
+    train = rows["train/acc"].notna()
+    rows.loc[train, "train/skipped_steps"] = 0.0
+    rows.loc[train, "train/restored_iterations"] = 0.0
+    rows.loc[rows.index[train][-1], ["train/skipped_steps", "train/restored_iterations"]] = [3, 1]
+    rows.to_csv(metrics, index=False)
+    md = table1(discover([root]), "md")
+    assert "NOT CLEAN" in md and "SFPO seed 1: 3 skipped step(s), 1 rollback(s)" in md
