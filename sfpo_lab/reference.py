@@ -1,7 +1,8 @@
 """The frozen KL reference model pi_ref (issue 24 item 9).
 
-It is the base model, frozen, so it is kept in the **compute dtype** (verl: bf16; it only runs
-no-grad forwards) and **never checkpointed**: a resume rebuilds it from the base. What a
+It is the base model, frozen, computing as the policy computes at theta0: under FSDP2 its
+parameters are kept in the **compute dtype** (verl: bf16; it only runs no-grad forwards), on one
+device / DDP in the policy's dtype (autocast casts both alike), and it is **never checkpointed**: a resume rebuilds it from the base. What a
 checkpoint keeps instead is the base's identity (:func:`base_identity`), so a resume on another
 base, which would silently change the KL term, is refused (:func:`check_same_base`).
 
@@ -27,14 +28,18 @@ _SAMPLES, _SAMPLE_BYTES, _WHOLE_BYTES = 64, 4096, 64 * 2**20
 
 
 def build_reference(run: RunConfig, policy: nn.Module, device_mesh: Any = None) -> nn.Module:
-    """pi_ref = the base ``policy`` (before any update), frozen, in the compute dtype: under
-    FSDP2 sharded like the policy and filled from its shards, else a copy (the module puts it
-    on the policy's device once Lightning has moved the policy)."""
+    """pi_ref = the base ``policy`` (before any update), frozen, computing exactly as the policy
+    does at theta0 (so the KL term is 0 there): under FSDP2 sharded like the policy, filled from
+    its shards, its parameters in the compute dtype (the policy's mixed-precision policy gathers
+    bf16 parameters for the forward: the same numbers); single device / DDP a copy in the
+    policy's own dtype (under ``*-mixed`` the autocast computes both alike; a bf16 copy of an
+    fp32-master policy would keep a bf16 residual stream and differ at theta0 by ~0.03 in
+    log-prob). The module puts the copy on the policy's device once Lightning has moved it."""
     from sfpo_lab.parallel import compute_dtype, mixed_precision_policy
 
-    dtype = compute_dtype(run)
     if run.trainer.strategy != "fsdp":
-        return reference_copy(policy, dtype)
+        return reference_copy(policy, next(policy.parameters()).dtype)
+    dtype = compute_dtype(run)
     from sfpo_lab.fsdp_init import shard_reference
 
     mp = mixed_precision_policy(run)

@@ -85,9 +85,12 @@ def _module(path, precision: str):
 
 
 @pytest.mark.parametrize(
-    ("precision", "dtype"), [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)]
+    ("precision", "dtype"), [("32-true", torch.float32), ("bf16-mixed", torch.float32)]
 )
-def test_module_reference_is_in_the_compute_dtype_and_in_no_state_dict(base, precision, dtype):
+def test_module_reference_is_in_the_policys_dtype_and_in_no_state_dict(base, precision, dtype):
+    """One device / DDP: the reference has the policy's dtype (the autocast computes both
+    alike); under FSDP2 its parameters are bf16 like the policy's gathered ones
+    (tests/test_fsdp_init.py)."""
     module = _module(base, precision)
     assert {p.dtype for p in module.ref_policy.parameters()} == {dtype}
     assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
@@ -106,3 +109,15 @@ def test_module_load_drops_old_reference_keys_and_refuses_another_base(base):
     ckpt["sfpo_base"] = {"path": "/models/other", "digest": "ffff"}
     with pytest.raises(ValueError, match="trained from base '/models/other'"):
         module.on_load_checkpoint(ckpt)
+
+
+def test_kl_is_zero_at_theta0_under_bf16_autocast(base):
+    """Review finding: a bf16 copy of an fp32-master policy under bf16-mixed differs from the
+    policy at theta0 (its residual stream is bf16), so the KL term pulled towards rounding
+    noise. The reference must give the policy's own log-probs there."""
+    module = _module(base, "bf16-mixed")
+    ids = torch.randint(1, 20, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lp_policy = torch.log_softmax(module.policy(input_ids=ids).logits.float(), -1)
+        lp_ref = torch.log_softmax(module.ref_policy(input_ids=ids).logits.float(), -1)
+    assert torch.equal(lp_policy, lp_ref)
