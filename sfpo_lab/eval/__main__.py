@@ -261,12 +261,17 @@ def load_model(cfg: DictConfig, source: str, extra: dict[str, Any] | None = None
         dtype = str(compute_dtype(extra["run"])).removeprefix("torch.")
     elif dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
-    from sfpo_lab.attention import configure_sdpa_backends
+    from sfpo_lab.attention import configure_sdpa_backends, missing_attn_package
 
     # a run's attention settings on CUDA (its flash kernel needs a GPU); else the pad-safe sdpa
     run_cfg = extra.get("run")
     configure_sdpa_backends(None if run_cfg is None else run_cfg.model.sdpa_backends, device)
     attn = run_cfg.model.attn_implementation if run_cfg is not None and device == "cuda" else None
+    if attn is not None and (missing_attn_package(attn) or dtype == "float32"):
+        # the run's flash kernel needs its package and 16-bit compute: the pad-safe sdpa
+        # computes the same attention (said, not silent)
+        print(f"[eval] attention: sdpa, not the run's {attn} (needs its package and 16-bit)")
+        attn = None
     model = build_causal_lm(source, dtype=dtype, attn_implementation=attn)
     if cfg.ckpt is not None:
         try:
