@@ -267,7 +267,8 @@ def load_model(cfg: DictConfig, source: str, extra: dict[str, Any] | None = None
     run_cfg = extra.get("run")
     configure_sdpa_backends(None if run_cfg is None else run_cfg.model.sdpa_backends, device)
     attn = run_cfg.model.attn_implementation if run_cfg is not None and device == "cuda" else None
-    if attn is not None and (missing_attn_package(attn) or dtype == "float32"):
+    flash = attn is not None and attn.startswith("flash")
+    if flash and (missing_attn_package(attn) or dtype == "float32"):
         # the run's flash kernel needs its package and 16-bit compute: the pad-safe sdpa
         # computes the same attention (said, not silent)
         print(f"[eval] attention: sdpa, not the run's {attn} (needs its package and 16-bit)")
