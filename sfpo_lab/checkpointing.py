@@ -273,12 +273,18 @@ def check_checkpoint(
     """
     p = Path(path)
     name = f"{setting}={str(path)!r}"
-    integrity.verify(p, name, setting)
+    if _first_process():  # one hash pass per job, not one per rank (a refusal ends the job)
+        integrity.verify(p, name, setting)
     if is_sharded(p):
         check_sharded(p, name, trust=trust)
         safe_load(p / META_FILE, name=f"{name} ({META_FILE})", trust=trust)
     elif p.is_file():
         safe_load(p, name=name, trust=trust, mmap=True)
+
+
+def _first_process() -> bool:
+    """Global rank 0 of a launch (torchrun ``RANK``, SLURM ``SLURM_PROCID``), or no launcher."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID"))
 
 
 def load_full_checkpoint(
