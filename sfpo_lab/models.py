@@ -96,6 +96,25 @@ def is_plausible_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name))
 
 
+def local_snapshot(name: str) -> str:
+    """A hub id resolved to its local snapshot directory (fetched once when hub access is on),
+    so every later reader sees files: FSDP2's rank-0 streaming load (it reads safetensors), the
+    base identity a checkpoint records (by content, so a new hub revision between a preemption
+    and the resume is seen), vLLM. A local directory, a name that is no hub id, or an id that
+    cannot be resolved to safetensors is returned as is (the model loader names the problem)."""
+    if Path(name).expanduser().is_dir() or not is_plausible_hub_id(name):
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+        local = snapshot_download(name, local_files_only=offline, allow_patterns=patterns)
+    except Exception:  # not cached while offline, no such repo, no network: from_pretrained says
+        return name
+    return local if any(Path(local).glob("*.safetensors")) else name
+
+
 def build_causal_lm(
     source: str | os.PathLike | PretrainedConfig,
     dtype: str | torch.dtype = "float32",

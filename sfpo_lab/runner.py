@@ -53,8 +53,10 @@ def prepare_model(run: RunConfig) -> tuple[str, Any]:
         from sfpo_lab.warmup import toy_base_model
 
         path = str(toy_base_model(run, log=rank_zero_info))
-    else:
-        path = run.model.name_or_path
+    else:  # a hub id becomes its local snapshot (streamed FSDP2 load, base identity, vLLM)
+        from sfpo_lab.models import local_snapshot
+
+        path = local_snapshot(run.model.name_or_path)
     tok = AutoTokenizer.from_pretrained(run.model.tokenizer or path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -130,3 +130,25 @@ def test_decoder_layer_classes() -> None:
     assert decoder_layer_classes(Bare()) == {Block}
     with pytest.raises(ValueError, match="no decoder blocks"):
         decoder_layer_classes(torch.nn.Linear(2, 2))
+
+
+def test_a_cached_hub_id_resolves_to_its_local_snapshot(tmp_path, monkeypatch):
+    """Review finding: a hub id (every paper model file) reached FSDP2's streaming load and the
+    base identity as a bare name; it is now the snapshot directory the hub cache holds."""
+    import huggingface_hub.constants as hub
+
+    from sfpo_lab.models import local_snapshot
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snap / "config.json").write_text("{}")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert local_snapshot("org/tiny") == "org/tiny"  # no safetensors: left to the loader
+    (snap / "model.safetensors").write_bytes(b"x")
+    assert Path(local_snapshot("org/tiny")) == snap
+    assert local_snapshot("org/absent") == "org/absent"  # not cached while offline
+    assert local_snapshot(str(tmp_path)) == str(tmp_path)  # a directory stays as it is
