@@ -58,7 +58,8 @@ def plain(obj: Any, where: str = "checkpoint") -> Any:
 
 
 def convert(old: str, new: str) -> Path:
-    """Rewrite checkpoint ``old`` (trusted: fully unpickled) as a safe, digested file ``new``."""
+    """Rewrite checkpoint ``old`` (trusted: fully unpickled) as a safe, digested file ``new``,
+    without the reference model's tensors an older checkpoint held."""
     from sfpo_lab import checkpoint_integrity as integrity
     from sfpo_lab.checkpointing import is_sharded, load_full_checkpoint
 
@@ -67,6 +68,12 @@ def convert(old: str, new: str) -> Path:
     source = load_full_checkpoint(old, trust=True)
     if is_sharded(old):
         print(f"note: {old} is sharded: written as one full file")
+    from sfpo_lab.reference import drop_reference_keys
+
+    # the KL reference is rebuilt from the base since 2026-12-07: an older file's copy would
+    # fail FSDP2's strict full-file load
+    if dropped := drop_reference_keys(source):
+        print(f"note: dropped {dropped} reference-model tensors (ref_policy.*)")
     try:
         converted = plain(source)
     except TypeError as e:

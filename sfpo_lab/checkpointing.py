@@ -69,7 +69,8 @@ class CheckpointFileIO(TorchCheckpointIO):
         name = f"ckpt_path={str(path)!r}"
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
-        integrity.verify(path, name)
+        if _first_process():  # one hash pass per job (runner.check_resume_checkpoint too)
+            integrity.verify(path, name)
         return safe_load(path, name=name, trust=weights_only is False)
 
 
