@@ -122,6 +122,7 @@ def build_trainer(run: RunConfig, callbacks: list[L.Callback]) -> L.Trainer:
         enable_checkpointing=False,  # IterationCheckpoint counts rollout batches
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        enable_model_summary=False,  # a module table at every start: noise in the first hour
         log_every_n_steps=1,
         default_root_dir=run.paths.output_dir,
     )
