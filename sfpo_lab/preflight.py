@@ -188,36 +188,45 @@ def _check_vllm_importable() -> None:
         raise ConfigError(f"invalid config: rollout.engine='vllm' (rollout=vllm): {err}") from None
 
 
-RESUME_KEYS = (
-    "model.name",
-    "model.name_or_path",
-    "model.tiny",
-    "model.dtype",
-    "seed",
-    "data.kind",
-    "data.train_files",
-    "data.batch_size",
-    # the algorithm itself: a job resumed under other hyperparameters would silently mix two
-    # runs (and be labelled by the new config in analysis)
-    "sfpo",
-    "loss",
-    "optim",
-    "update",
-    "rollout.n",
-    "rollout.max_new_tokens",
-    "rollout.temperature",
-    "rollout.top_p",
-    "rollout.top_k",
-    "rollout.reward_scheme",
-    "rollout.logprobs",
-    "rollout.answer_parsing",  # the reward's definition
-    "algorithm",
-    "model.chat_template",  # the prompts the policy was trained on
-    "data.template",
-    "data.max_prompt_len",  # which training prompts exist
+RESUME_MAY_CHANGE = (
+    # how long, where, what is logged and kept: the run's own bookkeeping
+    "iterations",
+    "ckpt_path",
+    "trust_checkpoint",
+    "task_name",
+    "checkpoint",
+    "wandb",
+    "logger",
+    "callbacks",
+    "paths",  # a run dir moved, or requeued on a machine with other cache / data paths
+    "val.every",
+    # resources, not the method: a requeued job may get other nodes, or need less memory
+    "trainer.devices",
+    "trainer.num_nodes",
+    "update.micro_batch_size",
+    "update.max_tokens_per_micro_batch",
+    "update.logits_chunk_tokens",
+    "update.max_skipped_steps",
+    "model.activation_checkpointing",
+    "model.attn_implementation",
+    "model.sdpa_backends",
+    "rollout.prompts_per_generate",
+    "rollout.reward_workers",
+    "rollout.sync_bucket_mb",
+    "rollout.vllm.gpu_memory_utilization",
+    "rollout.vllm.enable_sleep_mode",
+    "rollout.vllm.sleep_level",
+    "rollout.vllm.cpu_kv_cache_gib",
+    "rollout.vllm.enforce_eager",
+    "rollout.vllm.max_model_len",
 )
-"""Settings a resumed run must share with its checkpoint (weights, data order, the method);
-``iterations``, validation, logging, devices and paths may change."""
+"""The settings a resumed run may change; every other setting of the effective config must
+equal the checkpoint's (the method, the data and task, the base, the validation that makes its
+curve), or the resume is refused before anything is written."""
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
 
 def check_resumable(run: RunConfig, ckpt_path: str) -> None:
@@ -241,8 +250,9 @@ def check_resumable(run: RunConfig, ckpt_path: str) -> None:
     if saved is None:
         return  # older checkpoints: the model name is still checked on load
     ours = asdict(run)
-    for top in RESUME_KEYS:
-        for key, a, b in _differences(_dotted(saved, top), _dotted(ours, top), top)[:1]:
+    for top in sorted(set(saved) | set(ours)):
+        diffs = _differences(_dotted(saved, top), _dotted(ours, top), top)
+        for key, a, b in [d for d in diffs if not _may_change(d[0])][:1]:
             raise ConfigError(
                 f"ckpt_path={ckpt_path!r} was made with {key}={a!r}, this run has {key}={b!r}; "
                 "resume with the same setting or start a new run dir"

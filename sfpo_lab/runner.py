@@ -31,7 +31,7 @@ from sfpo_lab.module import SFPOModule
 from sfpo_lab.parallel import build_strategy, lightning_precision
 from sfpo_lab.preemption import EarlySignals, FinalValidation, PreemptionCallback
 from sfpo_lab.preflight import (  # noqa: F401 (re-exported)
-    RESUME_KEYS,
+    RESUME_MAY_CHANGE,
     _is_toy_model,
     check_context,
     check_resumable,

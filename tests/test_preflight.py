@@ -148,3 +148,23 @@ def test_long_validation_prompts_stop_the_run_naming_them(tmp_path):
     msg = str(info.value)
     assert "validation prompt 'q1' of benchmark 'b' is 7 tokens" in msg
     assert "(2 validation prompts are longer)" in msg and "never dropped" in msg
+
+
+def test_resume_compares_the_whole_config_except_what_may_change(tmp_path):
+    """Issue 25 item 5: a setting outside RESUME_MAY_CHANGE (here the toy task's operand range,
+    which keeps the problem count's order of magnitude) refuses the resume in preflight; the
+    allowed ones (iterations, validation cadence, micro-batch size) do not."""
+    from dataclasses import asdict
+
+    from sfpo_lab.preflight import check_resumable
+
+    saved = RunConfig()
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"sfpo_counters": {"iteration": 2}, "sfpo_config": {"run": asdict(saved)}}, ckpt)
+    ok = RunConfig()
+    ok.iterations, ok.val.every, ok.update.micro_batch_size = 80, 2, 4
+    check_resumable(ok, str(ckpt))
+    other = RunConfig()
+    other.data.toy.max_operand = 8
+    with pytest.raises(ConfigError, match=r"data\.toy\.max_operand=29, this run has .*=8"):
+        check_resumable(other, str(ckpt))
