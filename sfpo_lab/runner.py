@@ -195,6 +195,10 @@ def check_resume_checkpoint(run: RunConfig) -> str | None:
         check_checkpoint(path, trust=run.trust_checkpoint)
     except CheckpointRefused as e:
         raise ConfigError(str(e)) from None
+    except Exception as e:  # truncated / not a torch file: several exception types
+        raise ConfigError(
+            f"ckpt_path={path!r}: not a readable checkpoint ({type(e).__name__})"
+        ) from None
     return path
 
 
