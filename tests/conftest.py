@@ -29,3 +29,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# Set in os.environ by libraries a test runs in this process (Lightning's launcher, vLLM,
+# accelerate, a gloo group): a later test's `python train.py trainer.devices=2` that inherits
+# LOCAL_RANK would think it was launched by torchrun, start no rank 1 and wait for it forever.
+_LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_launcher_env():
+    """Each test ends with the launcher variables it started with."""
+    before = {k: os.environ.get(k) for k in _LAUNCHER_VARS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
