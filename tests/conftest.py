@@ -46,12 +46,15 @@ _LAUNCHER_VARS = (
 )
 
 
+_LAUNCHER_BASELINE = {k: os.environ.get(k) for k in _LAUNCHER_VARS}  # as pytest started
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_launcher_env():
-    """Each test ends with the launcher variables it started with."""
-    before = {k: os.environ.get(k) for k in _LAUNCHER_VARS}
+    """Each test ends with the launcher variables the session started with (a fixture or a
+    test that set them for its own in-process group cannot hand them to the next test)."""
     yield
-    for key, value in before.items():
+    for key, value in _LAUNCHER_BASELINE.items():
         if value is None:
             os.environ.pop(key, None)
         else:

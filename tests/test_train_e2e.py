@@ -60,6 +60,8 @@ REQUIRED_KEYS = [
 
 def run_train(tmp: Path, *overrides: str, cache: Path, check: bool = True):
     env = dict(os.environ, SFPO_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        env.pop(key, None)  # inherited, Lightning would take train.py for a launched rank
     cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp}", *TINY, *overrides]
     # its own process group: on a timeout every rank goes, not only the launching one
     with subprocess.Popen(
