@@ -61,6 +61,7 @@ LABELS: dict[str, Any] = {
     "wandb.tags": ["paper_main_mini"],
     "logger.wandb.group": f"paper_main_mini/{MODEL}",  # ${wandb.group}
     "logger.wandb.tags": ["paper_main_mini"],  # ${wandb.tags}
+    "logger.wandb.name": "paper_main_mini/{algorithm}/seed0",  # experiment/method/seed
 }
 """Labels: a miniature run is never grouped with paper_main's runs."""
 
@@ -96,7 +97,10 @@ def test_only_scale_leaves_differ_from_paper_main(algorithm: str) -> None:
         f"changed but not listed: {sorted(differ - set(CHANGED))}; "
         f"listed but equal to paper_main: {sorted(set(CHANGED) - differ)}"
     )
-    assert {k: mini[k] for k in CHANGED} == CHANGED
+    want = {
+        k: v.format(algorithm=algorithm) if isinstance(v, str) else v for k, v in CHANGED.items()
+    }
+    assert {k: mini[k] for k in CHANGED} == want
 
 
 def test_the_paper_settings_the_miniature_must_keep() -> None:
