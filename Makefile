@@ -35,7 +35,9 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
 # two pytest workers (pytest-xdist) on a 2-core machine; XDIST= runs the suite in one process
-XDIST   ?= -n 2
+# worksteal: an idle worker takes queued tests from the other (the slow real-run tests otherwise
+# leave one core idle at the end)
+XDIST   ?= -n 2 --dist worksteal
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
