@@ -1,10 +1,17 @@
 """The embedded toy verifiable task: integer arithmetic with difficulty knobs.
 
 Problems like ``"17+25"`` (prompt ``"17+25="`` with the ``"toy"`` template), gold ``"42"``,
-answered as ``\\boxed{42}`` so the real math-verify reward path grades them. A stable hash of
-the problem string (independent of the seed) puts a fraction of all problems into a held-out
-split that neither the warm-up nor RL ever sees, so runs with different seeds are evaluated
-on the same held-out problems.
+answered as ``\\boxed{42}`` so the real math-verify reward path grades them. A stable hash
+(independent of the seed) puts a fraction of all problems into a held-out split that neither
+the warm-up nor RL ever sees, so runs with different seeds are evaluated on the same held-out
+problems. What is hashed is the ``split`` rule:
+
+- ``text`` (the committed CPU reproduction's split): the problem string. Reorderings of one
+  problem (``3+5-2``, ``5+3-2``, ``5-2+3``) land on both sides independently, so most
+  held-out a±b±c problems have a training twin with the same signed terms.
+- ``terms``: the multiset of signed terms (:func:`terms_key`), so every reordering of a
+  problem, and ``x-0`` / ``x+0``, lands on the same side: no held-out problem shares its
+  signed terms (hence its answer by the same computation) with a training problem.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ MAX_ENUMERATED = 200_000
 """Problem spaces larger than this are sampled (``size`` problems, default this many)."""
 
 _SPLIT_SALT = b"sfpo-toy-split-v1"
+SPLITS = ("text", "terms")
+"""Held-out rules (module docstring); ``text`` is the default so that older configs, which
+have no ``data.toy.split``, resolve to the split they ran with."""
 
 
 def evaluate(operands: tuple[int, ...], ops: tuple[str, ...]) -> int:
@@ -56,6 +66,33 @@ def split_score(problem: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def terms_key(problem: str) -> str:
+    """Canonical multiset of signed terms: ``"5+3-2"`` and ``"3-2+5"`` -> ``"+3 +5 -2"``.
+
+    A term is a maximal product (``*`` binds tighter), written as its sorted factors; a term
+    whose value is 0 counts as ``+`` (``x-0`` is ``x+0``). Two problems with the same key
+    have the same answer by the same sums.
+    """
+    terms, sign, factors, number = [], "+", [], ""
+    for ch in problem + "+":
+        if ch.isdigit():
+            number += ch
+            continue
+        factors.append(int(number))
+        number = ""
+        if ch == "*":
+            continue
+        zero = 0 in factors
+        terms.append(("+" if zero else sign) + "*".join(str(f) for f in sorted(factors)))
+        sign, factors = ch, []
+    return " ".join(sorted(terms))
+
+
+def split_key(problem: str, split: str) -> str:
+    """What the ``split`` rule hashes: the text (``text``) or :func:`terms_key` (``terms``)."""
+    return problem if split == "text" else terms_key(problem)
+
+
 def sft_target(problem: Problem) -> str:
     """The completion the supervised warm-up teaches: exactly ``\\boxed{<answer>}``."""
     return f"\\boxed{{{problem.answer}}}"
@@ -69,11 +106,12 @@ class ToyArithmetic:
         ops: operators to draw from, a non-empty subset of ``"+-*"``.
         num_operands: operands per problem (>= 2); more operands = harder.
         max_operand: largest operand (inclusive); 9 = one digit, 99 = two digits.
-        heldout_frac: fraction of problems in the held-out split (by a hash of the text).
+        heldout_frac: fraction of problems in the held-out split (by a hash, see ``split``).
         seed: seeds the sample when the problem space is larger than ``size``.
         min_operand: smallest operand (inclusive, >= 0).
         size: number of distinct problems to draw; None enumerates the whole space
             (or samples ``MAX_ENUMERATED`` problems when it is larger).
+        split: held-out rule, ``text`` or ``terms`` (module docstring).
     """
 
     ops: str = "+"
@@ -83,6 +121,7 @@ class ToyArithmetic:
     seed: int = 0
     min_operand: int = 0
     size: int | None = None
+    split: str = "text"
 
     def __post_init__(self) -> None:
         if not self.ops or set(self.ops) - set(OPS):
@@ -96,6 +135,8 @@ class ToyArithmetic:
             )
         if not 0.0 < self.heldout_frac < 1.0:
             raise ValueError(f"data.toy.heldout_frac={self.heldout_frac}: must be in (0, 1)")
+        if self.split not in SPLITS:
+            raise ValueError(f"data.toy.split={self.split!r}: use one of {', '.join(SPLITS)}")
         if self.size is not None and self.size < 1:
             raise ValueError(f"data.toy.size={self.size}: must be >= 1 or null")
 
@@ -136,7 +177,7 @@ class ToyArithmetic:
 
     def is_heldout(self, problem: str) -> bool:
         """Whether the problem text belongs to the held-out split."""
-        return split_score(problem) < self.heldout_frac
+        return split_score(split_key(problem, self.split)) < self.heldout_frac
 
     def train(self) -> list[Problem]:
         """Training problems (never held out)."""

@@ -115,3 +115,35 @@ def test_prompt_target_and_reward_path():
     negative = ToyArithmetic(ops="-", max_operand=9).heldout(limit=20)
     assert all(grade(sft_target(p), p.answer).correct for p in negative)
     assert not grade("\\boxed{83}", "82").correct
+
+
+def test_terms_key_is_the_multiset_of_signed_terms():
+    from sfpo_lab.data.toy import terms_key
+
+    assert terms_key("3+5-2") == terms_key("5+3-2") == terms_key("5-2+3") == "+3 +5 -2"
+    assert terms_key("3+5-2") != terms_key("3-5+2")
+    assert terms_key("7-0+1") == terms_key("7+0+1")  # a zero term has no sign
+    assert terms_key("2*3+4") == terms_key("4+3*2") != terms_key("2+3*4")
+
+
+def test_terms_split_holds_out_every_reordering_of_the_confirmation_task():
+    """data=toy_3op_heldout: no held-out problem shares its multiset of signed terms with a
+    training problem, over the whole split (the committed text split fails this)."""
+    from sfpo_lab.data.toy import terms_key
+
+    def twins(split: str) -> tuple[int, int]:
+        task = ToyArithmetic(ops="+-", num_operands=3, max_operand=9, split=split)
+        train = {terms_key(p.problem) for p in task.train()}
+        held = task.heldout()
+        assert len(held) + len(task.train()) == 4000
+        return len(held), sum(terms_key(p.problem) in train for p in held)
+
+    assert twins("terms") == (728, 0)
+    held, shared = twins("text")  # the committed runs' split: reachable, unchanged
+    assert held == 792 and shared > 700
+
+
+def test_the_default_split_is_the_committed_one():
+    assert ToyArithmetic().split == "text"
+    with pytest.raises(ValueError, match=r"data\.toy\.split='hash'"):
+        ToyArithmetic(split="hash")
