@@ -9,6 +9,8 @@ A run's *effective config* is its resolved config, flattened to dotted leaves, w
   the device layout ``trainer.{accelerator,devices,num_nodes,strategy}`` (the data-parallel
   split is tested equivalent, tests/test_train_e2e.py), ``rollout.reward_workers`` (parallelism
   of the grader) and ``model.sfpo_alpha`` (only a default for ``sfpo.alpha``, which is kept);
+- ``data.toy.split`` when it is ``text``: the default, which configs older than the key ran
+  with (a run with ``split=terms`` is another experiment);
 - the settings that the method does not read removed: with ``algorithm=grpo`` / ``sfpo.alpha=0``
   the engine does one plain update, so of ``sfpo`` only ``alpha = 0`` stays (K, slow
   correction, trigger, decay are unused); with the entropy trigger off, its window/tau/mode/
@@ -71,6 +73,8 @@ def effective_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     flat = _flat({k: v for k, v in cfg.items() if k not in IGNORED_TOP})
     for key in IGNORED_LEAVES:
         flat.pop(key, None)
+    if flat.get("data.toy.split") == "text":  # the default, absent from older runs' configs
+        flat.pop("data.toy.split")
     alpha = float(flat.get("sfpo.alpha", 0.8))
     if alpha == 0 or flat.get("algorithm") == "grpo":
         flat = {k: v for k, v in flat.items() if not k.startswith("sfpo.")} | {"sfpo.alpha": 0}
@@ -148,7 +152,9 @@ def check_pooling(runs: pd.DataFrame, what: str, by: str = "label", within: str 
             )
     for key, g in runs.groupby(within, sort=True):
         configs = _configs(g)
-        diff = differing(configs, skip=LABEL_KEYS)
+        # labels name the lr when the runs read together use more than one (runs.name_lr)
+        lr_named = g["label"].str.contains("lr=", regex=False).all()
+        diff = differing(configs, skip=LABEL_KEYS + (("optim.lr",) if lr_named else ()))
         diff = {
             k: v
             for k, v in diff.items()

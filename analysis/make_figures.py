@@ -45,6 +45,7 @@ from analysis.runs import (  # noqa: E402
     discover_wandb,
     find_run_dirs,
     incomplete_runs,
+    name_lr,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,8 @@ def load(args: argparse.Namespace) -> pd.DataFrame:
     if args.wandb_project:
         frames.append(discover_wandb(args.wandb_project, args.wandb_group, args.wandb_tag))
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else discover([])
+    # a label names the lr when the runs read together use more than one (analysis.runs)
+    return name_lr(pd.concat(frames, ignore_index=True)) if frames else discover([])
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -5,7 +5,8 @@ One row per (run, step, metric)::
     run_id  source  experiment  scale  model  data  method  label  K  alpha  slow_correction
     ec  decay  seed  iterations  step  metric  value
 
-``method`` is GRPO, GRPO-μ or SFPO (:func:`method_label`). ``step`` is the rollout-batch
+``method`` is GRPO, GRPO-μ or SFPO (:func:`method_label`); ``lr`` is ``optim.lr``, named in
+every label when the runs read together use more than one (:func:`name_lr`). ``step`` is the rollout-batch
 iteration (0 = before any update). Metrics are the keys the training logs to ``metrics.csv``
 (``train/``, ``val/``, ``sfpo/``, ``perf/``): a training result is the run's own validation. A
 standalone evaluation (``python -m sfpo_lab.eval``) written under a run dir is not read here,
@@ -39,6 +40,7 @@ RUN_COLUMNS = [
     "slow_correction",
     "ec",
     "decay",
+    "lr",
     "seed",
     "iterations",
     "identity",
@@ -118,6 +120,7 @@ def run_attributes(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "slow_correction": slow,
         "ec": ec,
         "decay": decay,
+        "lr": float((cfg.get("optim") or {}).get("lr", 1e-6)),
         "seed": int(cfg.get("seed", 0)),
         "iterations": int(cfg.get("iterations", 0)),
         "identity": identity(eff := effective_config(cfg)),
@@ -186,7 +189,31 @@ def discover(roots: Iterable[Path]) -> pd.DataFrame:
             frames.append(load_run(d, run_id=f"{root.name}/{rel}" if rel != "." else root.name))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+    return name_lr(pd.concat(frames, ignore_index=True))
+
+
+def lr_text(lr: float) -> str:
+    """``3e-4`` -> ``"3e-4"``, ``8.8e-5`` -> ``"8.8e-5"`` (at most 3 significant digits)."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def name_lr(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs read together with more than one ``optim.lr``: every label names its lr
+    (``GRPO(lr=3e-4)``, ``SFPO(K=3, α=0.8, lr=8.8e-5)``), so two arms that differ only in the
+    learning rate are two curves, neither pooled nor refused as mixed settings. With one lr
+    the labels stay as they are (the committed outputs do not change)."""
+    if df.empty or df["lr"].nunique() <= 1:
+        return df
+    named = [
+        label
+        if "lr=" in label  # already named (frames read together twice)
+        else f"{label[:-1]}, lr={lr_text(lr)})"
+        if label.endswith(")")
+        else f"{label}(lr={lr_text(lr)})"
+        for label, lr in zip(df["label"], df["lr"], strict=True)
+    ]
+    return df.assign(label=named)
 
 
 def incomplete_runs(df: pd.DataFrame) -> list[str]:

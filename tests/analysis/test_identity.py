@@ -13,7 +13,7 @@ import pytest
 from synthetic_runs import write_run
 
 from analysis import bar_figures, figures, make_figures, tables
-from analysis.identity import MixedRuns, differing, effective_config
+from analysis.identity import MixedRuns, check_pooling, differing, effective_config
 from analysis.runs import discover
 
 
@@ -116,3 +116,31 @@ def test_identity_and_config_columns(tmp_path: Path) -> None:
     df = discover([a, b, c]).drop_duplicates("run_id").set_index("run_id")
     assert df.loc["a", "identity"] == df.loc["b", "identity"] != df.loc["c", "identity"]
     assert json.loads(df.loc["c", "config"])["val.every"] == 1
+
+
+def test_arms_that_differ_only_in_the_lr_get_labels_naming_it(tmp_path: Path) -> None:
+    """The confirmation's arms A/B/C: GRPO and SFPO at lr 3e-4, SFPO at 8.8e-5: three curves,
+    neither pooled into one SFPO label nor refused as mixed settings."""
+    root = tmp_path / "runs"
+    for s in (0, 1):
+        lr = {"optim.lr": 3e-4}
+        write_run(root / "c" / f"a{s}", "paper_main", seed=s, alpha=0.0, settings=lr)
+        write_run(root / "c" / f"b{s}", "paper_main", seed=s, gain=2.0, settings=lr)
+        write_run(
+            root / "c" / f"c{s}", "paper_main", seed=s, gain=1.5, settings={"optim.lr": 8.8e-5}
+        )
+    df = discover([root])
+    assert set(df["label"]) == {
+        "GRPO(lr=3e-4)", "SFPO(K=3, α=0.8, lr=3e-4)", "SFPO(K=3, α=0.8, lr=8.8e-5)"
+    }  # fmt: skip
+    check_pooling(df, "confirm")  # one curve per arm, compared in one panel: not refused
+    assert len(figures.fig2(df).axes[0].get_lines()) >= 3
+    one_lr = discover([root / "c" / "a0", root / "c" / "b0"])  # one lr: labels unchanged
+    assert set(one_lr["label"]) == {"GRPO", "SFPO(K=3, α=0.8)"}
+
+
+def test_the_default_toy_split_is_the_committed_runs_identity() -> None:
+    old = {"data": {"kind": "toy", "toy": {"num_operands": 3}}, "sfpo": {"alpha": 0.0}}
+    text = {"data": {"kind": "toy", "toy": {"num_operands": 3, "split": "text"}}, "sfpo": {"alpha": 0.0}}  # fmt: skip
+    terms = {"data": {"kind": "toy", "toy": {"num_operands": 3, "split": "terms"}}, "sfpo": {"alpha": 0.0}}  # fmt: skip
+    assert effective_config(old) == effective_config(text) != effective_config(terms)
