@@ -18,8 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from sfpo_lab.config import ConfigError, register_schema, to_run_config
 from sfpo_lab.rundir import created_by_this_launch, disk_fault_line, remove_if_empty
 
-register_schema()
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
@@ -93,4 +91,8 @@ def write_summary(output_dir: str, summary: dict) -> None:
 
 
 if __name__ == "__main__":
+    # Here, not at import: the reward pool's forkserver workers re-run this file's top level
+    # (as __mp_main__, Python 3.11), and storing the schema builds RunConfig's defaults, whose
+    # checks import torch (~3 s of CPU per worker, while the trainer waits for them)
+    register_schema()
     main()

@@ -22,7 +22,9 @@ job, reports no result for the stopped one, and exits 0. Jobs
 run in their own session, so only this forwarding reaches them (a SLURM-style signal to every
 process would also hit torchrun's agent, which does not survive it: use hydra/launcher=slurm
 there). Running the same command again with ``ckpt_path=last`` and the same
-``hydra.sweep.dir`` resumes every job from its ``last.ckpt`` (finished jobs end at once).
+``hydra.sweep.dir`` resumes every job from its ``last.ckpt``; a finished job is recognised by
+the same checks its process would run, here (:func:`sfpo_lab.sweep_results.finished_job`), and
+starts no process.
 A job's process ends with the sweep: if the sweep is killed (``kill -9`` included), the job
 gets SIGTERM (:func:`die_with_parent`) and checkpoints at its next iteration boundary.
 
@@ -33,9 +35,7 @@ one-line subclass in ``hydra_plugins/sfpo_lab_launcher``; the logic lives here.
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -52,14 +52,19 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sfpo_lab.rundir import summary_is_current
+from sfpo_lab.sweep_results import (  # noqa: F401 (re-exported)
+    MULTIRUN_SUMMARY_FILE,
+    SUMMARY_FILE,
+    finished_job,
+    format_table,
+    job_row,
+    read_return_value,
+    report_jobs,
+    wrote_summary_since,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-MULTIRUN_SUMMARY_FILE = "multirun_summary.csv"
-TABLE_COLUMNS = (
-    "job", "status", "val_avg_last", "val_avg_best", "stop_step", "train_s", "job_s", "overrides"
-)  # fmt: skip
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # hydra overrides that belong to the sweep, not to the single run a job becomes
 _SWEEP_ONLY = ("hydra.sweep", "hydra.launcher", "hydra.sweeper", "hydra.mode", "hydra.run.dir")
@@ -163,24 +168,6 @@ def job_command(
     return launch + args + [*overrides, f"hydra.run.dir={job_dir}"]
 
 
-def read_return_value(job_dir: Path) -> Any:
-    """The task's return value a finished job left in ``summary.json`` (None if absent)."""
-    path = job_dir / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("return_value")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-
-
-def wrote_summary_since(job_dir: Path, start: float) -> bool:
-    """Whether the job wrote its ``summary.json`` during this launch (a file left by an
-    earlier launch is neither deleted nor taken for this one's result)."""
-    path = job_dir / SUMMARY_FILE
-    return path.is_file() and path.stat().st_mtime >= start
-
-
 class TorchrunLauncherBase(Launcher):
     """Runs each job as a subprocess (torchrun when it needs several devices).
 
@@ -267,10 +254,13 @@ class TorchrunLauncherBase(Launcher):
         )
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{self._nproc} process(es)]")
         start = time.time() - 1.0  # file systems with coarse mtimes: one second of slack
-        child = subprocess.Popen(
-            cmd, env=self._env(), start_new_session=True, preexec_fn=die_with_parent()
-        )  # its own session: signals reach it through _forward; it ends if the sweep is killed
-        rc = self._wait(child)
+        if self.python is None and not self.env and finished_job(cfg, job_dir):
+            rc = 0  # a finished job run again: its own checks said so here, no process started
+        else:
+            child = subprocess.Popen(
+                cmd, env=self._env(), start_new_session=True, preexec_fn=die_with_parent()
+            )  # its own session: signals reach it through _forward; it ends if the sweep is killed
+            rc = self._wait(child)
         # a finished job run again (ckpt_path=last) exits 0 without rewriting its summary
         done = wrote_summary_since(job_dir, start) or summary_is_current(job_dir, cfg.iterations)
         status = "stopped" if self.preempted is not None or rc == 0 else f"failed (exit {rc})"
@@ -334,69 +324,3 @@ def training_processes(agent_pid: int, script: str) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
-
-
-def job_row(
-    idx: int, overrides: Sequence[str], job_dir: Path, status: str, job_s: float
-) -> dict[str, Any]:
-    """One line of the multirun table: the job's result from its ``summary.json`` (final
-    ``val/avg``, trigger step, training seconds) and its best ``val/avg`` from ``metrics.csv``."""
-    summary: dict[str, Any] = {}
-    if status == "completed":
-        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
-            summary = json.loads((job_dir / SUMMARY_FILE).read_text()).get("summary") or {}
-    return {
-        "job": idx,
-        "status": status,
-        "val_avg_last": summary.get("val_avg_last"),
-        "val_avg_best": best_val_avg(job_dir) if summary else None,
-        "stop_step": summary.get("stop_step"),
-        "train_s": summary.get("wall_clock_s"),
-        "job_s": round(job_s, 1),
-        "overrides": " ".join(overrides),
-    }
-
-
-def best_val_avg(job_dir: Path) -> float | None:
-    """The highest ``val/avg`` in the job's ``metrics.csv`` (None without validations)."""
-    from sfpo_lab.plot import METRICS_FILE, read_metrics
-
-    path = job_dir / METRICS_FILE
-    values = read_metrics(path).get("val/avg", ([], []))[1] if path.is_file() else []
-    return max(values) if values else None
-
-
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as an aligned text table (numbers to one decimal, ``-`` for none); the
-    overrides every job shares are left out (the CSV keeps them)."""
-    given = [str(row["overrides"]).split() for row in rows]
-    common = set.intersection(*map(set, given)) if len(rows) > 1 else set()
-    shown = [
-        {**row, "overrides": " ".join(o for o in g if o not in common)}
-        for row, g in zip(rows, given, strict=True)
-    ]
-    cells = [list(TABLE_COLUMNS)] + [[_cell(row[c]) for c in TABLE_COLUMNS] for row in shown]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
-
-
-def report_jobs(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Print the multirun table and write it to ``<sweep dir>/multirun_summary.csv``."""
-    path = sweep_dir / MULTIRUN_SUMMARY_FILE
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    print(f"\n[multirun] {len(rows)} job(s) in {sweep_dir}\n{format_table(rows)}\n-> {path}")
-    return path

@@ -8,7 +8,8 @@ through a temporary file and a rename: a kill at any moment leaves the old file 
 one, never a truncated history (Lightning rewrites the file in place when a new key appears).
 
 :func:`build_loggers` makes the run's logger list; a W&B logger continues the run dir's W&B run,
-in the mode :func:`wandb_mode` resolves (online under a W&B sweep agent unless the user set one).
+in the mode :func:`wandb_mode` resolves (online under a W&B sweep agent unless the user set one),
+quiet unless ``SFPO_VERBOSE=1`` (:func:`wandb_settings`).
 """
 
 from __future__ import annotations
@@ -113,8 +114,19 @@ def build_loggers(logger_cfg: dict[str, Any], output_dir: str) -> list[Logger]:
             if mode != cfg.get("mode") and why == UNDER_AGENT:
                 print(f"W&B mode: {mode} ({why})")  # WANDB_MODE: the user's own choice
             cfg["mode"] = mode
+            cfg["settings"] = wandb_settings(cfg.get("settings"))
+            cfg.setdefault("_convert_", "partial")  # W&B takes a dict, not a DictConfig
         loggers.append(instantiate(cfg))
     return loggers
+
+
+def wandb_settings(configured: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``wandb.init(settings=...)``: ``quiet`` (no version header, no 40-line history/summary
+    footer; the offline run's location still shows) unless ``SFPO_VERBOSE=1``; settings given
+    in the logger config (``logger.wandb.settings.quiet=false``) win."""
+    from sfpo_lab.quiet import verbose
+
+    return {**({} if verbose() else {"quiet": True}), **dict(configured or {})}
 
 
 AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")

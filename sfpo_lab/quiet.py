@@ -11,15 +11,22 @@ or one warning's exact text); everything else those loggers say still reaches th
   computed cache, not a weight; the same message for any other layer still shows),
 * torch ``_pytree``: the ``LeafSpec`` deprecation ``FutureWarning`` raised from Lightning.
 
+Also quiet by default, shown with ``SFPO_VERBOSE=1`` (:func:`verbose`): transformers' own
+progress bars ("Loading weights", "Loading checkpoint shards": :func:`install`; hub downloads
+keep theirs) and W&B's run header and 40-line footer (``settings.quiet``:
+:func:`sfpo_lab.loggers.build_loggers`; the offline run's location line stays).
+
 :func:`install` is idempotent; call it once per process before the trainer is built.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,29 @@ class DropNotice(logging.Filter):
         return not self.notice.matches(msg)
 
 
+VERBOSE_ENV = "SFPO_VERBOSE"
+
+
+def verbose() -> bool:
+    """Whether the user asked for every library's bars and banners: ``SFPO_VERBOSE`` set to
+    anything but ``""``, ``0`` or ``false`` (an environment variable, so a sweep's jobs and
+    torchrun's ranks inherit it)."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false")
+
+
+def _no_bar(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """transformers' tqdm hook: every bar it makes (weight loading) is created disabled."""
+    return factory(*args, **{**kwargs, "disable": True})
+
+
 def install() -> None:
-    """Add each notice's filter to its logger (once) and ignore the ``LeafSpec`` warning."""
+    """Add each notice's filter to its logger (once), ignore the ``LeafSpec`` warning and,
+    unless :func:`verbose`, hide transformers' weight-loading bars."""
     for notice in NOTICES:
         logger = logging.getLogger(notice.logger)
         if not any(isinstance(f, DropNotice) and f.notice is notice for f in logger.filters):
             logger.addFilter(DropNotice(notice))
     warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+    from transformers.utils import logging as hf_logging  # already loaded with Lightning
+
+    hf_logging.set_tqdm_hook(None if verbose() else _no_bar)
