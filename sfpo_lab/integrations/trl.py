@@ -15,25 +15,43 @@ when alpha = 0); right after TRL generates, this class snapshots theta0, compute
 log-probs at theta0 once, runs the K fast passes with TRL's own ``compute_loss``, gradient
 clipping and optimizer, and repositions (Eq. 7). After TRL's pass the iteration ends and
 the trigger sees H_s (``on_step_end``). With alpha = 0 nothing of this runs: the trainer is
-TRL's, step for step. The LR scheduler steps only in TRL's pass (one step per rollout batch,
-the authors' ``per_batch``).
+TRL's, step for step. The LR scheduler steps only in TRL's pass, once per optimizer step of
+it: ``steps_per_generation / gradient_accumulation_steps`` times per rollout batch (once, the
+authors' ``per_batch``, when the two are equal); the fast passes run at the LR the batch
+starts with. Supported versions and refused settings: :mod:`.trl_checks`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+import transformers
+import trl
+from transformers import Trainer, TrainerCallback
 from trl import GRPOTrainer
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
 from sfpo_lab.config_algo import EntropyControlConfig, SFPOConfig
+from sfpo_lab.integrations.trl_checks import (
+    check_args,
+    check_versions,
+    refuse_multimodal_batch,
+    refuse_sharded_engines,
+    refuse_vision,
+)
+
+check_versions(
+    trl.__version__, transformers.__version__, {"GRPOTrainer": GRPOTrainer, "Trainer": Trainer}
+)
+log = logging.getLogger(__name__)
 
 __all__ = ["SFPOGRPOTrainer", "sfpo_config"]
 
@@ -54,76 +72,33 @@ def sfpo_config(sfpo: SFPOConfig | dict[str, Any] | None) -> SFPOConfig:
     return SFPOConfig(**kw, **({} if ec is None else {"entropy_control": ec}))
 
 
-def _check_args(args: Any, cfg: SFPOConfig) -> None:
-    """Refuse TRL settings under which the SFPO mapping would be silently wrong."""
-    if args.num_iterations != 1:
-        raise ValueError(
-            f"SFPOGRPOTrainer: num_iterations={args.num_iterations}; SFPO's K (sfpo.K) replaces "
-            "TRL's mu: set num_iterations=1 (the slow / plain GRPO pass)"
-        )
-    if args.steps_per_generation % args.gradient_accumulation_steps:
-        raise ValueError(
-            f"SFPOGRPOTrainer: steps_per_generation={args.steps_per_generation} must be a "
-            f"multiple of gradient_accumulation_steps={args.gradient_accumulation_steps} (a fast "
-            "step is a whole number of optimizer steps)"
-        )
-    if cfg.alpha > 0 and not cfg.slow_correction:
-        raise ValueError(
-            "SFPOGRPOTrainer: sfpo.slow_correction=False is not supported (TRL's own pass is "
-            "the slow step); allowed: True"
-        )
-    if cfg.lr_schedule != "per_batch":
-        raise ValueError(
-            f"SFPOGRPOTrainer: sfpo.lr_schedule={cfg.lr_schedule!r} is not supported; allowed: "
-            "per_batch (TRL steps its scheduler once per optimizer step of its own pass)"
-        )
-    if args.use_vllm:
-        raise ValueError(
-            "SFPOGRPOTrainer: use_vllm=True is not supported yet (its importance-sampling "
-            "correction is tied to TRL's old log-probs); allowed: False"
-        )
-    _refuse_sharded_engines(
-        deepspeed=bool(getattr(args, "deepspeed", None)) or _env_flag("ACCELERATE_USE_DEEPSPEED"),
-        fsdp=bool(getattr(args, "fsdp", None) or getattr(args, "fsdp_plugin_args", None))
-        or _env_flag("ACCELERATE_USE_FSDP"),
-    )
-
-
-def _env_flag(name: str) -> bool:
-    """An ``accelerate launch`` setting passed to the process (``ACCELERATE_USE_*=true``)."""
-    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
-
-
-def _refuse_sharded_engines(deepspeed: bool, fsdp: bool) -> None:
-    """SFPO's reposition (Eq. 7) writes the parameters in place: under DeepSpeed the optimizer's
-    fp32 master copy overwrites it at the next step, and ZeRO-3 / FSDP parameters are empty
-    outside a gather, so it would be lost without an error. Refused until supported."""
-    if deepspeed or fsdp:
-        engine = "DeepSpeed" if deepspeed else "accelerate FSDP"
-        raise ValueError(
-            f"SFPOGRPOTrainer: {engine} is not supported yet (SFPO's reposition writes the "
-            "parameters in place, which the sharded/master-weight copies would silently undo); "
-            "train on one device or with DDP (no deepspeed=/fsdp= in the args or accelerate config)"
-        )
-
-
 class SFPOGRPOTrainer(GRPOTrainer):
     """TRL's ``GRPOTrainer`` with SFPO; ``sfpo`` (an :class:`SFPOConfig` or a dict of its
-    keys, default the authors' K=3, alpha=0.8, trigger on) is the only new argument."""
+    keys, default the authors' K=3, alpha=0.8, trigger on) is the SFPO argument;
+    ``log_kl_theta0=True`` adds a no-grad pass over the batch after each reposition to log
+    ``sfpo/kl_theta0`` (it runs anyway with ``sfpo.slow_old_logprobs=recompute``)."""
 
-    def __init__(self, *args: Any, sfpo: SFPOConfig | dict[str, Any] | None = None, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        sfpo: SFPOConfig | dict[str, Any] | None = None,
+        log_kl_theta0: bool = False,
+        **kw: Any,
+    ):
         cfg = sfpo_config(sfpo)
         given = kw.get("args", args[2] if len(args) > 2 else None)
         if given is not None:
-            _check_args(given, cfg)  # before the model is loaded
+            check_args(given, cfg)  # before the model is loaded
+        refuse_vision(kw.get("processing_class"), kw.get("train_dataset"))
         super().__init__(*args, **kw)
-        _check_args(self.args, cfg)
+        check_args(self.args, cfg)
+        refuse_vision(self.processing_class, self.train_dataset)
         # what the accelerator really uses (the args, or an `accelerate launch` config)
-        _refuse_sharded_engines(
+        refuse_sharded_engines(
             deepspeed=bool(getattr(self, "is_deepspeed_enabled", False)),
             fsdp=bool(getattr(self, "is_fsdp_enabled", False)),
         )
-        self.sfpo_cfg = cfg
+        self.sfpo_cfg, self.log_kl_theta0 = cfg, log_kl_theta0
         self.sfpo: SFPO | None = None
         self._sfpo_pending: dict[str, Any] | None = None
         self._sfpo_stats: dict[str, float] = {}
@@ -169,6 +144,8 @@ class SFPOGRPOTrainer(GRPOTrainer):
     def _start_iteration(self) -> None:
         """begin -> old log-probs at theta0 -> K fast passes -> reposition (Stages I, II)."""
         engine, c = self._engine(), self.sfpo_cfg
+        for inputs in self._buffered_inputs:
+            refuse_multimodal_batch(inputs)
         snap = engine.begin()
         self._in_iteration, self._slow_entropy = True, []
         stats: dict[str, float] = {}
@@ -180,7 +157,8 @@ class SFPOGRPOTrainer(GRPOTrainer):
             stats.update({f"fast_{k}": v for k, v in fast.items() if k != "updates"})
             stats.update(_phase_metrics(self._metrics["train"], before, "fast_"))
             engine.reposition()
-            stats["kl_theta0"] = self._reposition_kl(c.slow_old_logprobs == "recompute")
+            if self.log_kl_theta0 or c.slow_old_logprobs == "recompute":
+                stats["kl_theta0"] = self._reposition_kl(c.slow_old_logprobs == "recompute")
         self._sfpo_stats = stats
 
     @torch.no_grad()
@@ -195,7 +173,8 @@ class SFPOGRPOTrainer(GRPOTrainer):
 
     def _old_logprobs(self, store: bool, key: str) -> float:
         """Log-probs of every slice at the current weights (stored under ``key`` if
-        ``store``); returns the token-mean entropy over the generation batch."""
+        ``store``); returns the token-mean entropy over the generation batch of all ranks
+        (so every rank feeds the trigger the same H_s)."""
         ent_sum = n_tok = 0.0
         for inputs in self._buffered_inputs:
             logps, ent = self._logps(inputs)
@@ -203,7 +182,13 @@ class SFPOGRPOTrainer(GRPOTrainer):
                 inputs[key] = logps
             m = inputs["completion_mask"].float()
             ent_sum, n_tok = ent_sum + float((ent * m).sum()), n_tok + float(m.sum())
-        return ent_sum / n_tok if n_tok else math.nan
+        return self._global_ratio(ent_sum, n_tok)
+
+    def _global_ratio(self, num: float, den: float) -> float:
+        """sum(num) / sum(den) over the processes (NaN if no token)."""
+        both = torch.tensor([num, den], dtype=torch.float64, device=self.accelerator.device)
+        num, den = self.accelerator.reduce(both, reduction="sum").tolist()
+        return num / den if den else math.nan
 
     def _reposition_kl(self, recompute: bool) -> float:
         """k1 KL(pi_theta0 || pi_theta~) over the batch; with ``recompute`` the slow step's
@@ -216,27 +201,31 @@ class SFPOGRPOTrainer(GRPOTrainer):
             den += float(m.sum())
             if recompute:
                 inputs["old_per_token_logps"] = new
-        return num / den if den else math.nan
+        return self._global_ratio(num, den)
 
     def _fast_pass(self) -> dict[str, float]:
         """One fast step: a pass over the generation batch exactly as TRL's inner loop runs
-        it (accumulate ``gradient_accumulation_steps`` slices, clip, step, zero)."""
+        it (accumulate ``gradient_accumulation_steps`` slices, clip, step, zero), with the
+        optimizer-step callbacks. It runs inside TRL's first micro-step, which transformers
+        wraps in ``no_sync`` when ``gradient_accumulation_steps > 1``: the all-reduce is set
+        here per slice (:func:`_grad_sync`), whatever that outer window says."""
         model, ga = self.model_wrapped, self.args.gradient_accumulation_steps
-        state = self.accelerator.gradient_state
+        state, cb = self.accelerator.gradient_state, self.callback_handler
         was_sync, norms = state.sync_gradients, []
         try:
             for j, inputs in enumerate(self._buffered_inputs):
                 sync = (j + 1) % ga == 0
                 state._set_sync_gradients(sync)
-                ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
-                with ctx:
+                with _grad_sync(model, sync):
                     with self.compute_loss_context_manager():
                         loss = self.compute_loss(model, inputs)
                     self.accelerator.backward(loss)
                 if sync:
                     if self.args.max_grad_norm > 0:
                         norms.append(float(self._clip_grad_norm(model)))
+                    self.control = cb.on_pre_optimizer_step(self.args, self.state, self.control)
                     self.optimizer.step()
+                    self.control = cb.on_optimizer_step(self.args, self.state, self.control)
                     model.zero_grad()
         finally:
             state._set_sync_gradients(was_sync)
@@ -244,9 +233,23 @@ class SFPOGRPOTrainer(GRPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._in_iteration and self.model.training and self._metrics["train"]["entropy"]:
-            self._slow_entropy.append(self._metrics["train"]["entropy"][-1])
+        ec = self.sfpo_cfg.entropy_control
+        if self._in_iteration and self.model.training and ec.enabled and ec.source == "update":
+            self._slow_entropy.append(self._trl_entropy())
         return loss
+
+    def _trl_entropy(self) -> float:
+        """TRL's ``entropy`` metric of the micro-step just run (H_s of ``source=update``);
+        raises if TRL stopped logging it there (the trigger would never fire)."""
+        values = self._metrics["train"].get("entropy")
+        value = values[-1] if values else None
+        if value is None:
+            raise RuntimeError(
+                f"SFPOGRPOTrainer: TRL {trl.__version__} logged no per-step "
+                "_metrics['train']['entropy'] in compute_loss, which "
+                "sfpo.entropy_control.source=update reads; use source=rollout or disable it"
+            )
+        return float(value)
 
     def end_iteration(self) -> None:
         """Stage III is done (TRL's pass): end the iteration, feed H_s to the trigger."""
@@ -264,7 +267,10 @@ class SFPOGRPOTrainer(GRPOTrainer):
             "alpha": obs["alpha_used"],
             "alpha_next": obs["alpha_next"],
             "z": obs["z"],
-            "stop_step": obs["stop_step"],
+            # the first SFPO iteration (0-based) and trainer step (global_step, 1-based) with
+            # alpha dropped; NaN until the trigger fires
+            "stop_iteration": obs["stop_step"],
+            "stop_trainer_step": self._stop_trainer_step(engine),
             "restored_theta0": end["restored_theta0"],
             "fast_steps": end["fast_steps"],
             **fast,
@@ -273,6 +279,14 @@ class SFPOGRPOTrainer(GRPOTrainer):
             logged["kl_theta0"] = self._sfpo_stats["kl_theta0"]
         for k, v in logged.items():
             self._metrics["train"][f"sfpo/{k}"].append(float(v))
+
+    def _stop_trainer_step(self, engine: SFPO) -> float:
+        """Iteration ``engine.s - 1`` just ended at ``global_step``; iteration ``stop_step``
+        starts ``stop_step - engine.s`` iterations of ``spg / ga`` optimizer steps later."""
+        if engine.stop_step is None:
+            return math.nan
+        per = self.args.steps_per_generation // self.args.gradient_accumulation_steps
+        return float(self.state.global_step + (engine.stop_step - engine.s) * per + 1)
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -292,8 +306,16 @@ class SFPOGRPOTrainer(GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = None if checkpoint is None else os.path.join(checkpoint, STATE_FILE)
-        if path is None or not os.path.exists(path):
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            log.warning(
+                "SFPOGRPOTrainer: %s has no %s (a plain GRPOTrainer checkpoint?): SFPO starts "
+                "at iteration 0 with an empty entropy-trigger window",
+                checkpoint,
+                STATE_FILE,
+            )
             return
         with open(path) as f:
             saved = json.load(f)
@@ -303,6 +325,20 @@ class SFPOGRPOTrainer(GRPOTrainer):
                 f"{saved['config']}, this run has sfpo={asdict(self.sfpo_cfg)}"
             )
         self.sfpo, self._sfpo_pending = None, saved["engine"]
+
+
+@contextlib.contextmanager
+def _grad_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """DDP all-reduces a backward iff ``require_backward_grad_sync`` (what ``no_sync`` clears)
+    is set at its forward: set it to ``sync`` for one micro-step, then restore it."""
+    if not hasattr(model, "require_backward_grad_sync"):  # one process: nothing to reduce
+        yield
+        return
+    old, model.require_backward_grad_sync = model.require_backward_grad_sync, sync
+    try:
+        yield
+    finally:
+        model.require_backward_grad_sync = old
 
 
 class _EndIteration(TrainerCallback):

@@ -22,9 +22,9 @@ from . import _tiny_trl as T  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def _trainer(cls, tmp_path, name, sfpo=None, **overrides):
+def _trainer(cls, tmp_path, name, sfpo=None, trainer_kw=None, **overrides):
     tok = T.tokenizer(tmp_path)
-    kw = {"sfpo": sfpo} if cls is not GRPOTrainer else {}
+    kw = {"sfpo": sfpo, **(trainer_kw or {})} if cls is not GRPOTrainer else {}
     return cls(
         model=T.model(tok),
         reward_funcs=T.reward,
@@ -157,12 +157,17 @@ def test_checkpoint_resume_keeps_sfpo_state(tmp_path):
 def test_trigger_fires_and_alpha_drops_to_zero(tmp_path):
     # window 2, tiny tau: the second iteration's entropy z-score crosses it unless H is flat
     cfg = {"K": 1, "alpha": 0.5, "entropy_control": {"window": 2, "tau": 1e-6}}
-    tr = _trainer(SFPOGRPOTrainer, tmp_path, "trig", sfpo=cfg, max_steps=4)
+    kw = {"log_kl_theta0": True}
+    tr = _trainer(SFPOGRPOTrainer, tmp_path, "trig", sfpo=cfg, trainer_kw=kw, max_steps=4)
     tr.train()
     logs = [h for h in tr.state.log_history if "sfpo/alpha" in h]
     alphas = [h["sfpo/alpha"] for h in logs]
     stop = tr.sfpo.stop_step
     assert stop is not None and alphas == [0.5 if s < stop else 0.0 for s in range(4)]
+    # one optimizer step per iteration here: trainer step = iteration + 1; the first row
+    # with alpha = 0 is logged at that trainer step
+    assert logs[-1]["sfpo/stop_iteration"] == stop
+    assert logs[-1]["sfpo/stop_trainer_step"] == stop + 1 == logs[stop]["step"]
     assert all(
         h["sfpo/fast_steps"] == (1.0 if a else 0.0) for h, a in zip(logs, alphas, strict=True)
     )
