@@ -201,6 +201,10 @@ class UpdateConfig:
     # project final hidden states x lm_head inside the chunked log-prob / entropy function
     # (no [tokens, V] logits at all; needs logits = hidden @ lm_head.weight.T, checked)
     fused_lm_head: bool = False
+    # skip the separate no-grad old-log-prob pass where it is exact: the first update pass's
+    # own forward at theta0 gives the old log-probs and H_s (one mini-batch, no dropout, no
+    # engine log-probs, a pass that starts at theta0); refused automatically otherwise
+    fuse_old_logprobs: bool = True
 
     def __post_init__(self) -> None:
         _check(self.ppo_mini_batches >= 1, "update.ppo_mini_batches", self.ppo_mini_batches, ">= 1")

@@ -260,3 +260,18 @@ def old_logprobs_policy(
     if mode == "engine":
         return engine_logprobs.masked_fill(~mask, 0.0), metrics
     return trainer_logprobs, metrics
+
+
+def dropout_active(model: nn.Module) -> bool:
+    """Whether a forward of ``model`` in its current mode draws dropout masks (a dropout
+    module with p > 0, or a config ``*dropout`` > 0 that attention applies functionally)."""
+    if not model.training:
+        return False
+    if any(isinstance(mod, nn.Dropout) and mod.p > 0 for mod in model.modules()):
+        return True
+    cfg = getattr(model, "config", None)
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    return any(
+        "dropout" in k and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        for k, v in values.items()
+    )

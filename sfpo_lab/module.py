@@ -227,6 +227,8 @@ class SFPOModule(L.LightningModule):
             mem=self.stage_mem,
         )
         metrics.update(self._stage_metrics(fast, slow, engine))
+        if "train/entropy" not in metrics:  # fused old log-probs: the first pass's, at theta0
+            metrics["train/entropy"] = passes[0]["entropy_theta0"]
         metrics["perf/update_s"] = time.perf_counter() - t_update
         # entropy trigger: H_s of iteration s decides whether s + 1 still runs SFPO (Alg. 1)
         h_s = select_entropy(self.run_cfg.sfpo.entropy_control.source, metrics, passes)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sfpo_lab.algos import (
     agg_loss,
@@ -28,6 +28,7 @@ from sfpo_lab.algos import (
 from sfpo_lab.data.prompts import encode_prompts
 from sfpo_lab.experience import (
     Experience,
+    dropout_active,
     micro_logprobs,
     old_logprobs_policy,
     response_logprobs,
@@ -39,8 +40,30 @@ from sfpo_lab.rewards.reward import compute_rewards
 from sfpo_lab.rollout.base import SamplingParams, concat_rollouts, derive_seed
 from sfpo_lab.runtime import clip_grad_norm, grad_scaler, skip_scaled_step
 
-if TYPE_CHECKING:
-    from sfpo_lab.module import SFPOModule
+
+class SFPOModule(Protocol):
+    """What the stages read of :class:`sfpo_lab.module.SFPOModule` (a protocol: module.py
+    imports this module, never the reverse)."""
+
+    run_cfg: Any  # RunConfig
+    policy: nn.Module
+    ref_policy: nn.Module | None
+    engine: Any  # RolloutEngine
+    sfpo: Any  # SFPO engine (alpha, K), None before on_train_start
+    tokenizer: Any
+    device: torch.device
+    trainer: Any  # world_size, strategy.reduce(tensor, reduce_op)
+    iteration: int
+    global_rank: int
+    consecutive_skips: int
+
+    def sync_engine(self) -> float: ...
+
+    def optimizers(self) -> Any: ...
+
+    def lr_schedulers(self) -> Any: ...
+
+    def manual_backward(self, loss: Tensor) -> None: ...
 
 
 def _sum(module: SFPOModule, x: float | Tensor) -> float:
@@ -90,6 +113,27 @@ def recompute_old_logprobs(module: SFPOModule, exp: Experience) -> dict[str, flo
     n_tok = _sum(module, mask.sum())
     exp.old_logprobs = new
     return {"kl_theta0": diff / n_tok if n_tok else math.nan}
+
+
+def fusion_blocker(module: SFPOModule, engine_logprobs: bool) -> str:
+    """Why the old log-probs of this iteration need their own no-grad pass at theta0; empty
+    when the first update pass's detached forward gives exactly the same values (and H_s):
+    every row's first forward is at theta0 (one mini-batch, and the iteration's first pass
+    starts at theta0: GRPO's pass or SFPO's first fast pass), without dropout, on the same
+    micro-batches and log-prob path (``update.*`` serves both), and no engine log-probs to
+    compare with (``rollout.logprobs=engine``, vLLM's mismatch metric)."""
+    run, sfpo = module.run_cfg, module.sfpo
+    if not run.update.fuse_old_logprobs:
+        return "update.fuse_old_logprobs=false"
+    if run.update.ppo_mini_batches != 1:
+        return "update.ppo_mini_batches > 1: later mini-batches run after an optimizer step"
+    if engine_logprobs:
+        return "the engine returns log-probs (compared with the trainer's at theta0)"
+    if sfpo is None or (sfpo.alpha > 0 and sfpo.K == 0):
+        return "no fast pass starts this iteration at theta0 (alpha > 0, sfpo.K=0)"
+    if dropout_active(module.policy):
+        return "dropout is on: two forwards at theta0 differ"
+    return ""
 
 
 class ExperienceMaker:
@@ -161,13 +205,17 @@ class ExperienceMaker:
         exp = exp.to(m.device)
         t_b = run.rollout.temperature
         kw = _logprob_kwargs(m)
+        # old log-probs None: the first update pass fills them and H_s (fusion_blocker)
+        separate = fusion_blocker(m, ro.logprobs is not None)
+        entropy, lp_metrics = None, {}
         with mem.stage("logprobs"):  # old (and reference) log-probs at theta0
-            exp.old_logprobs, entropy = response_logprobs(
-                m.policy, exp, t_b, with_entropy=True, **kw
-            )
-            exp.old_logprobs, lp_metrics = old_logprobs_policy(
-                run.rollout.logprobs, exp.old_logprobs, ro.logprobs, exp.response_mask
-            )
+            if separate:
+                exp.old_logprobs, entropy = response_logprobs(
+                    m.policy, exp, t_b, with_entropy=True, **kw
+                )
+                exp.old_logprobs, lp_metrics = old_logprobs_policy(
+                    run.rollout.logprobs, exp.old_logprobs, ro.logprobs, exp.response_mask
+                )
             if m.ref_policy is not None:
                 exp.ref_logprobs, _ = response_logprobs(m.ref_policy, exp, t_b, **kw)
         if hasattr(m.policy, "reshard"):
@@ -179,7 +227,6 @@ class ExperienceMaker:
             "train/reward": _sum(m, rewards.sum()) / _sum(m, len(rewards)),
             "train/acc": _sum(m, rmetrics["acc"] * len(rewards)) / _sum(m, len(rewards)),
             **{f"train/{k}": v for k, v in rmetrics.items() if k not in ("acc", "reward_mean")},
-            "train/entropy": _sum(m, (entropy * mask).sum()) / max(n_tok, 1.0),  # H_s
             "train/response_length/mean": float(lengths.mean()),
             "train/response_length/max": float(lengths.max()),
             "train/response_length/clip_ratio": float(ro.truncated.float().mean()),
@@ -191,6 +238,9 @@ class ExperienceMaker:
             "perf/tokens": n_tok,
         }
         metrics.update(lp_metrics)  # rollout/logprob_diff_{mean,max} when the engine gave them
+        if entropy is not None:  # H_s at theta0; else the first update pass's entropy_theta0
+            metrics["train/entropy"] = _sum(m, (entropy * mask).sum()) / max(n_tok, 1.0)
+        metrics["perf/fused_old_logprobs"] = float(not separate)
         return exp, metrics
 
 
@@ -215,6 +265,7 @@ class UpdatePass:
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
         self._entropies: list[float] = []
+        self._theta0 = self._theta0_buffers(exp) if exp.old_logprobs is None else None
         minis = list(exp.split(len(exp) // run.update.ppo_mini_batches))
         for i, mini in enumerate(minis):
             stats = self._mini_batch_step(opt, mini)
@@ -225,8 +276,26 @@ class UpdatePass:
                 totals[k] = totals.get(k, 0.0) + v * w
         count = _sum(m, len(self._entropies))
         totals["entropy"] = _sum(m, sum(self._entropies)) / count if count else math.nan
+        if self._theta0 is not None:  # this pass ran at theta0: its log-probs are the old ones
+            exp.old_logprobs, entropy = self._theta0
+            mask = exp.response_mask.float()
+            n_tok = _sum(m, mask.sum())
+            totals["entropy_theta0"] = _sum(m, (entropy * mask).sum()) / max(n_tok, 1.0)
+            self._theta0 = None
         totals["update_s"] = time.perf_counter() - t0
         return totals
+
+    def _theta0_buffers(self, exp: Experience) -> tuple[Tensor, Tensor]:
+        """``([N, R] log-probs, [N, R] entropy)`` zeros that the pass fills from its own
+        detached forwards (:func:`fuse_old_logprobs`): exact only when every row's first
+        forward happens at theta0, i.e. in one mini-batch before any optimizer step."""
+        if self.m.run_cfg.update.ppo_mini_batches != 1:
+            raise RuntimeError(
+                "old log-probs from the update forward need update.ppo_mini_batches=1 (later "
+                "mini-batches run after an optimizer step); compute them before the pass"
+            )
+        lps = torch.zeros(tuple(exp.response_mask.shape), device=exp.input_ids.device)
+        return lps, torch.zeros_like(lps)
 
     def _mini_batch_step(self, opt: Any, mini: Experience) -> dict[str, float]:
         m, run = self.m, self.m.run_cfg
@@ -290,9 +359,16 @@ class UpdatePass:
         )
         mask = micro.response_mask
         adv = micro.advantages[:, None].expand_as(logprobs)
+        old = micro.old_logprobs
+        if old is None:  # the first forward at theta0: its detached output is log pi_theta0
+            old = logprobs.detach()
+            if not mb.empty:
+                r = old.shape[1]
+                self._theta0[0][mb.index, :r] = old
+                self._theta0[1][mb.index, :r] = entropy.detach()
         pg_loss, metrics = self.loss_fn(
             logprobs,
-            micro.old_logprobs,
+            old,
             adv,
             mask,
             **(denom | lc.policy_loss_kwargs()),  # loss_scale_factor may be in both: same value

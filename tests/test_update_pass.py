@@ -184,3 +184,99 @@ def test_fsdp2_two_processes_match_the_one_process_padded_update(tmp_path):
             lp, want = res[setting]["logprobs"], ref_lp[RANK_ROWS[rank]]
             m = mask[RANK_ROWS[rank]]
             torch.testing.assert_close(lp[m], want[m], rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ old log-probs from the pass
+class Stepper(Recorder):
+    """A real SGD step after recording the gradients: the second pass runs away from theta0."""
+
+    def __init__(self, model, lr=2.0):
+        super().__init__(model)
+        self.sgd = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step(self):
+        super().step()
+        self.sgd.step()
+
+
+def two_passes(setting: str, fused: bool, temperature: float = 0.7):
+    """Two update passes (SFPO's K=1 fast pass + slow pass without reposition) with real SGD
+    steps; the old log-probs from the no-grad pass at theta0, or (``fused``) from the first
+    pass's own forward."""
+    model = make_model()
+    run = make_run(setting, kl_coef=0.1, clip_low=0.1, clip_high=0.15)
+    run = replace(run, rollout=replace(run.rollout, temperature=temperature))
+    host = Host(model, run)
+    host.opt = Stepper(model)
+    exp = experience()
+    u = run.update
+    kw = {"max_tokens": u.max_tokens_per_micro_batch, "remove_padding": u.remove_padding}
+    kw |= {"fused": u.fused_lm_head, "chunk_tokens": u.logits_chunk_tokens}
+    lp, ent = response_logprobs(model, exp, temperature, 2, with_entropy=True, **kw)
+    exp.old_logprobs = None if fused else lp
+    updater = UpdatePass(host)
+    stats = [updater(exp), updater(exp)]
+    mask = exp.response_mask.float()
+    h_s = float((ent * mask).sum() / mask.sum())  # ExperienceMaker's train/entropy
+    return host.opt.steps, stats, exp.old_logprobs, lp, h_s
+
+
+@pytest.mark.parametrize("setting", ["padded", "packed", "fused", "fused_padded"])
+def test_old_logprobs_from_the_first_pass_equal_the_separate_no_grad_pass(setting):
+    """The fused path (no no-grad pass; the first pass's detached forward at theta0 becomes the
+    old log-probs for every later pass, and gives H_s) equals the separate pass: loss, every
+    statistic and every step's gradient, over two passes with a real step in between."""
+    want_steps, want, _, lp, h_s = two_passes(setting, fused=False)
+    steps, got, old, _, _ = two_passes(setting, fused=True)
+    assert len(steps) == len(want_steps) == 2
+    for a, b in zip(steps, want_steps, strict=True):
+        for g, w in zip(a, b, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        for key in ("pg_loss", "pg_clipfrac", "ppo_kl", "kl", "entropy", "grad_norm"):
+            assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-7), key
+    mask = experience().response_mask.bool()
+    torch.testing.assert_close(old[mask], lp[mask], rtol=1e-6, atol=1e-6)
+    assert got[0]["entropy_theta0"] == pytest.approx(h_s, rel=1e-6)
+    assert "entropy_theta0" not in got[1]
+    assert want[1]["pg_clipfrac"] > 0  # the second pass is off theta0: its ratio is not 1
+
+
+def test_old_logprobs_from_the_pass_are_refused_with_several_mini_batches():
+    model = make_model()
+    run = make_run("padded")
+    host = Host(model, replace(run, update=replace(run.update, ppo_mini_batches=2)))
+    exp = experience()
+    exp.old_logprobs = None
+    with pytest.raises(RuntimeError, match="update.ppo_mini_batches=1"):
+        UpdatePass(host)(exp)
+
+
+def blocker(model=None, engine_logprobs=False, alpha=0.8, K=3, **update):
+    from sfpo_lab.stages import fusion_blocker
+
+    run = RunConfig()
+    run = replace(run, update=replace(run.update, **update))
+    module = SimpleNamespace(
+        run_cfg=run,
+        policy=model if model is not None else make_model(),
+        sfpo=SimpleNamespace(alpha=alpha, K=K),
+    )
+    return fusion_blocker(module, engine_logprobs)
+
+
+def test_the_fused_old_logprobs_are_used_only_where_exact():
+    assert blocker() == "" and blocker(alpha=0.0, K=3) == "" and blocker(alpha=0.0, K=0) == ""
+    assert "ppo_mini_batches" in blocker(ppo_mini_batches=2)
+    assert "engine" in blocker(engine_logprobs=True)
+    assert "sfpo.K=0" in blocker(alpha=0.5, K=0)
+    assert "fuse_old_logprobs=false" in blocker(fuse_old_logprobs=False)
+    torch.manual_seed(0)
+    cfg = tiny_qwen2_config(VOCAB, hidden_size=32, num_layers=2, intermediate_size=64)
+    cfg.attention_dropout = 0.1
+    dropped = build_causal_lm(cfg)
+    assert "dropout" in blocker(dropped.train())
+    assert blocker(dropped.eval()) == ""  # eval mode draws no dropout masks
+    plain = make_model()
+    plain.model.layers[0].mlp.act_fn = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Dropout(0.2))
+    assert "dropout" in blocker(plain.train())

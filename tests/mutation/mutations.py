@@ -14,6 +14,7 @@ CATCHERS = "tests/algos/test_mutation_catchers.py"
 ENGINE = "tests/algos/test_sfpo_engine.py"
 EQUIV = "tests/test_equivalence.py"
 REF = "tests/reference/test_update_reference.py"
+PASS = "tests/test_update_pass.py"
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "old_logprobs_recomputed_each_pass",
         "sfpo_lab/stages.py",
-        "            micro.old_logprobs,\n",
+        "            old,\n",
         "            logprobs.detach(),\n",
         (f"{CATCHERS}::test_update_pass_gradient_is_the_hand_assembled_grpo_gradient",),
         "the clip ratio taken against the current pass's log-probs (always 1), not theta0's",
@@ -261,5 +262,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        loss = loss / mask.shape[-1]\n",
         (f"{REF}::test_each_setting_alone_equals_the_reference[agg_token_sum_norm-padded]",),
         "Dr. GRPO's constant normaliser (loss.loss_scale_factor) ignored",
+    ),
+    Mutation(
+        "fused_old_logprobs_refilled_after_step",
+        "sfpo_lab/stages.py",
+        "            exp.old_logprobs, entropy = self._theta0\n",
+        "            _, entropy = self._theta0\n",
+        (f"{PASS}::test_old_logprobs_from_the_first_pass_equal_the_separate_no_grad_pass[padded]",),
+        "fused old log-probs not kept: every pass reuses its own forward's log-probs after a "
+        "step (ratio 1 off theta0)",
+    ),
+    Mutation(
+        "fused_old_logprobs_despite_dropout",
+        "sfpo_lab/experience.py",
+        "    if not model.training:\n        return False\n",
+        "    if model.training:\n        return False\n",
+        (f"{PASS}::test_the_fused_old_logprobs_are_used_only_where_exact",),
+        "the update forward's log-probs taken as the old ones while dropout is on",
     ),
 )
