@@ -21,13 +21,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Self
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # experience.py imports this module
-    from sfpo_lab.experience import Experience
+
+class Experience(Protocol):
+    """What this module reads of :class:`sfpo_lab.experience.Experience` (a dataclass, so
+    ``dataclasses.replace`` works on it); a protocol, so that experience.py imports this
+    module and not the other way round (no import circle)."""
+
+    input_ids: Tensor  # [N, P+R]
+    attention_mask: Tensor  # [N, P+R]
+    position_ids: Tensor  # [N, P+R]
+    response_mask: Tensor  # [N, R]
+    old_logprobs: Tensor | None  # [N, R]
+    ref_logprobs: Tensor | None  # [N, R]
+    __dataclass_fields__: dict[str, Any]
+
+    @property
+    def response_len(self) -> int: ...
+
+    def rows(self, index: slice | Tensor) -> Self: ...
 
 
 @dataclass
