@@ -3,6 +3,8 @@
     python analysis/reproduce.py                      # runs into outputs/repro, then figures
     python analysis/reproduce.py --dry-run            # the plan and what is already done
     python analysis/reproduce.py --jobs 2 --root /scratch/repro --only paper_main
+    python analysis/reproduce.py --plan confirm       # the registered confirmation (make confirm)
+    python analysis/reproduce.py --plan confirm --root /tmp/c --set iterations=2 --only confirm/A
 
 One command, resumable: a run whose ``summary.json`` is current is skipped; an interrupted run
 (Ctrl-C / SIGTERM reach the training processes, which save ``last.ckpt`` and exit) resumes
@@ -18,6 +20,12 @@ When every run has finished, the compact run data are collected into
 The plan (``conf/experiment/repro/*``: one toy task and one shared base for every run, see
 docs/reproduction.md): the headline comparison GRPO / GRPO-mu / SFPO with 10 paired seeds,
 then K x alpha, slow correction, entropy control, alpha decay (3 seeds each), and memory.
+
+``--plan confirm``: the pre-registered confirmation (analysis/confirm_plan.yaml: its arms,
+seeds and budget; docs/confirm_plan.md) into ``outputs/confirm``, the same runner; when every
+run has finished, the runs are collected into ``paper_figures/confirm_runs`` and
+``analysis/confirm.py`` writes the registered statistics from them. ``--set KEY=VALUE`` adds
+an override to every run (a smoke test at tiny size; such runs are not the plan's).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from sfpo_lab.rundir import live_holder, summary_is_current  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTED = REPO / "paper_figures" / "repro_runs"  # config + metrics of every run, committed
+CONFIRM_PLAN = REPO / "analysis" / "confirm_plan.yaml"
+CONFIRM_COLLECTED = REPO / "paper_figures" / "confirm_runs"
 HEADLINE_SEEDS = range(10)
 ABLATION_SEEDS = range(3)
 COMMON = ("wandb.mode=disabled", "checkpoint.every=10", "checkpoint.save_best=false")
@@ -80,6 +90,20 @@ def plan() -> list[Run]:
     return runs
 
 
+def confirm_plan(path: Path = CONFIRM_PLAN) -> list[Run]:
+    """The registered confirmation: every arm of the plan file for each seed, seed by seed (a
+    cut-short confirmation has whole paired seeds)."""
+    reg = yaml.safe_load(path.read_text())
+    return [
+        Run(f"confirm/{arm}_s{s}", (*spec["overrides"], f"seed={s}"))
+        for s in reg["seeds"]
+        for arm, spec in reg["arms"].items()
+    ]
+
+
+PLANS = {"reproduce": plan, "confirm": confirm_plan}
+
+
 def state(run_dir: Path) -> str:
     """``done`` | ``resume`` (has last.ckpt) | ``stale`` (dir without a checkpoint) | ``new``."""
     cfg = run_dir / ".hydra" / "config.yaml"
@@ -108,7 +132,9 @@ def drop_weights(run_dir: Path) -> None:
             ckpt.unlink()
 
 
-def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, float]:
+def launch(
+    run: Run, root: Path, python: str, live: dict, extra: tuple[str, ...] = ()
+) -> tuple[Run, int, float]:
     """Run one training process to the end; ``(run, exit code, seconds)``; exit code -1: not
     finished (stopped by a signal, or it exited without a current summary)."""
     stopping = live.get("stopping")
@@ -125,7 +151,7 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
     if what == "stale":
         print(f"[reproduce] {run.name}: no checkpoint in the dir; moved to {move_aside(run_dir)}")
     resume = ("ckpt_path=last",) if what == "resume" else ()
-    cmd = [python, "train.py", *run.overrides, *COMMON, *resume, f"hydra.run.dir={run_dir}"]
+    cmd = [python, "train.py", *run.overrides, *COMMON, *extra, *resume, f"hydra.run.dir={run_dir}"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     log = root / f"{run.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -157,16 +183,20 @@ def launch(run: Run, root: Path, python: str, live: dict) -> tuple[Run, int, flo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--root", type=Path, default=REPO / "outputs" / "repro", help="run dirs (default outputs/repro)")  # fmt: skip
+    p.add_argument("--plan", choices=sorted(PLANS), default="reproduce", help="reproduce (default) | confirm")  # fmt: skip
+    p.add_argument("--root", type=Path, help="run dirs (default outputs/repro, outputs/confirm)")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every run (smoke tests)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")  # fmt: skip
     p.add_argument("--only", action="append", help="run-name prefix(es) to run (e.g. paper_main)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and each run's state")
     p.add_argument("--no-figures", action="store_true", help="stop after the runs")
     args = p.parse_args(argv)
-    root = args.root.resolve()
-    if root == COLLECTED or COLLECTED in root.parents or root in COLLECTED.parents:
-        p.error(f"--root {root}: overlaps {COLLECTED}, the collected copy rebuilt at the end")
-    runs = [r for r in plan() if not args.only or any(r.name.startswith(o) for o in args.only)]
+    confirm = args.plan == "confirm"
+    collected = CONFIRM_COLLECTED if confirm else COLLECTED
+    root = (args.root or REPO / "outputs" / ("confirm" if confirm else "repro")).resolve()
+    if root == collected or collected in root.parents or root in collected.parents:
+        p.error(f"--root {root}: overlaps {collected}, the collected copy rebuilt at the end")
+    runs = [r for r in PLANS[args.plan]() if not args.only or any(r.name.startswith(o) for o in args.only)]  # fmt: skip
     if args.dry_run:
         for r in runs:
             print(f"{state(root / r.name):7s} {r.name}: {' '.join(r.overrides)}")
@@ -187,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda r: launch(r, root, sys.executable, live), runs))
+        extra = tuple(args.set)
+        results = list(pool.map(lambda r: launch(r, root, sys.executable, live, extra), runs))
     wall = time.perf_counter() - t0
     ran = [x for x in results if x[2] > 0]
     before = sum(1 for _, rc, secs in results if rc == 0 and secs == 0)
@@ -196,9 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"[reproduce] {len(failed)} not finished (first: {failed[0]}) — rerun the same command to resume")  # fmt: skip
         return 1
-    if args.no_figures or args.only:
+    if args.no_figures or args.only or args.set:
         return 0
     from analysis import make_figures
+
+    if confirm:  # the registered statistics, from the collected copy (as CI regenerates them)
+        from analysis import confirm as registered
+
+        shutil.rmtree(collected, ignore_errors=True)
+        make_figures.collect([root], collected)
+        return registered.main(["--runs", str(collected / root.name)])
 
     shutil.rmtree(COLLECTED, ignore_errors=True)  # a derived copy: rebuilt whole from the runs
     return make_figures.main(["--runs", str(root), "--collect", str(COLLECTED)])
