@@ -34,7 +34,10 @@ from sfpo_lab.eval.benchmarks import (
     load_benchmark,
     load_benchmark_from_fields,
 )
-from sfpo_lab.eval.record import check_out, evaluated, from_run_note, taken_from_run
+from sfpo_lab.eval.cli import hydra_help, tidy_run_dir
+from sfpo_lab.eval.record import check_out, evaluated, taken_from_run
+from sfpo_lab.eval.suit import AUTO, conf_model, conf_model_source, suit_to_model
+from sfpo_lab.eval.table import results_table
 from sfpo_lab.rollout.base import SamplingParams
 
 TOY = "toy"
@@ -46,13 +49,15 @@ class EvalConfigError(ValueError):
     """A bad evaluation setting (the message names it, its value and what is allowed)."""
 
 
-def fill_standalone(cfg: DictConfig) -> None:
-    """Unset settings (no run) take ``standalone`` defaults (template: toy for model=toy)."""
-    for key, value in cfg.standalone.items():
-        if cfg[key] is None:
-            cfg[key] = value
+def fill_standalone(cfg: DictConfig) -> set[str]:
+    """Unset settings (no run) take ``standalone`` defaults (template: toy for model=toy);
+    returns the keys filled (``chat=auto`` and ``max_new_tokens`` then suit the model)."""
+    filled = {key for key in cfg.standalone if cfg[key] is None}
+    for key in filled:
+        cfg[key] = cfg.standalone[key]
     if cfg.template is None:
         cfg.template = TOY if cfg.model == TOY else "authors"
+    return filled
 
 
 def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
@@ -90,7 +95,7 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
             counters = extra["ckpt"].get("sfpo_counters") or {}
             extra["iteration"] = int(counters.get("iteration", 0))
             extra["from_run"] = taken_from_run(given, cfg, VALIDATION)
-    fill_standalone(cfg)
+    extra["standalone"] = fill_standalone(cfg)
     return cfg, extra
 
 
@@ -113,7 +118,7 @@ def check_settings(cfg: DictConfig) -> None:
             f"model is required (or a ckpt of a run): a local dir, a hub id or {TOY}"
         )
     model = str(cfg.model)
-    if model != TOY:
+    if model != TOY and conf_model(model) is None:
         from sfpo_lab.models import is_plausible_hub_id
 
         path = Path(model).expanduser()
@@ -196,7 +201,10 @@ def model_source(cfg: DictConfig, run: Any | None = None) -> str:
     """The model dir or hub id ``model=`` means (``toy``: the cached toy base, built if missing;
     a run's GGUF model: its materialised directory)."""
     source = str(cfg.model)
-    if source == TOY:
+    named = None if run is not None else conf_model_source(source, str(cfg.cache_dir))
+    if named is not None:
+        source = named
+    elif source == TOY:
         from sfpo_lab.warmup import toy_base_model
 
         source = str(toy_base_model(_toy_run(cfg, run)))
@@ -214,7 +222,11 @@ def load_tokenizer(cfg: DictConfig, source: str) -> Any:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE or Path(source).is_dir()
     name = cfg.tokenizer or source
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-    if bool(cfg.chat) and not getattr(tokenizer, "chat_template", None):
+    if (
+        cfg.chat not in (None, AUTO)
+        and bool(cfg.chat)
+        and not getattr(tokenizer, "chat_template", None)
+    ):
         raise EvalConfigError(
             f"chat=true, but the tokenizer of {name!r} defines no chat template; use chat=false"
         )
@@ -291,6 +303,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_out(str(cfg.out))  # before the model: never over a training run's files
     except ValueError as e:
         raise EvalConfigError(str(e)) from None
+    problem_sets = load_problem_sets(cfg, extra["run"], extra["file_limit"])
+    extra["file"] = file_name(cfg)
+
+    from sfpo_lab.data.prompts import model_context
+    from sfpo_lab.eval.evaluate import evaluate, run_validation, write_outputs
+    from sfpo_lab.rewards.pool import MathVerifier
+
+    try:
+        source = model_source(cfg, extra["run"])
+    except ValueError as e:
+        raise EvalConfigError(str(e)) from None
+    tokenizer = load_tokenizer(cfg, source)
+    if extra["run"] is None:  # standalone: chat and response length suit the model
+        try:
+            lines = suit_to_model(
+                cfg, extra["standalone"], model_context(source), tokenizer, problem_sets
+            )
+        except ValueError as e:
+            raise EvalConfigError(str(e)) from None
+        print("\n".join(f"[eval] {line}" for line in lines))
     params = SamplingParams(
         n=int(cfg.n),
         max_new_tokens=int(cfg.max_new_tokens),
@@ -298,14 +330,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         top_p=float(cfg.top_p),
         top_k=int(cfg.top_k),
     )
-    problem_sets = load_problem_sets(cfg, extra["run"], extra["file_limit"])
-    extra["file"] = file_name(cfg)
-
-    from sfpo_lab.eval.evaluate import evaluate, run_validation, write_outputs
-    from sfpo_lab.rewards.pool import MathVerifier
-
-    source = model_source(cfg, extra["run"])
-    tokenizer = load_tokenizer(cfg, source)
     check_context(cfg, source, tokenizer, problem_sets, str(cfg.template))  # before the weights
     model = load_model(cfg, source, extra)
     parsing = str(cfg.answer_parsing)
@@ -334,36 +358,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def results_table(
-    summary: dict[str, Any], sets: dict[str, list[Problem]], n: int, extra: dict[str, Any]
-) -> str:
-    """The printed results: a header row, one row per benchmark, the average; for a run's
-    checkpoint also its own validation number at the checkpoint's iteration."""
-    val, it = summary.get("run_validation") or {}, extra["iteration"]
-    head = f"{'benchmark':>16}  {'problems':>8}  {'n':>4}  {'acc %':>6}  {'95% CI':<16}"
-    head += f"  run's val @ it {it}" if val else ""
-    lines = [head]
-    for name, m in summary["benchmarks"].items():
-        ci = f"[{m['ci_lo']:.2f}, {m['ci_hi']:.2f}]"
-        row = f"{name:>16}  {len(sets[name]):>8}  {n:>4}  {m['acc']:6.2f}  {ci:<16}"
-        got = val.get(f"val/{name}/acc")
-        lines.append(row + (f"  {got:6.2f}" if val and got is not None else ""))
-    lines.append(f"{'avg':>16}  {'':>8}  {'':>4}  {summary['avg']:6.2f}")
-    held = extra.get("file")
-    note = from_run_note(extra.get("from_run") or {}, held, len(sets.get(held or "", [])))
-    if note:
-        lines.append(f"note: {note}")
-    if extra["differs"]:
-        diff = ", ".join(f"{k}={a!r} (run: {b!r})" for k, (a, b) in extra["differs"].items())
-        lines.append(f"note: not the run's validation settings: {diff}")
-    if extra["run"] is not None and extra["run"].rollout.engine == "vllm":
-        lines.append(
-            "note: the run validated with vLLM (one seed per call), this evaluation samples "
-            "with the HF engine: same settings, other samples"
-        )
-    return "\n".join(lines)
-
-
 CONFIG = Path(__file__).resolve().parents[2] / "conf" / "eval.yaml"
 
 
@@ -373,7 +367,9 @@ def register_config() -> None:
     instead of setting a value."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="eval", node=OmegaConf.load(CONFIG))
+    node = OmegaConf.load(CONFIG)
+    node.hydra.help = hydra_help(CONFIG.read_text())  # --help: every setting and its meaning
+    ConfigStore.instance().store(name="eval", node=node)
 
 
 register_config()
@@ -381,6 +377,8 @@ register_config()
 
 @hydra.main(version_base="1.3", config_path=None, config_name="eval")
 def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
     from sfpo_lab import quiet
 
     quiet.install()  # known-harmless library notices, filtered at their loggers
@@ -388,7 +386,12 @@ def main(cfg: DictConfig) -> float:
         return run(cfg)["avg"]
     except EvalConfigError as err:
         raise SystemExit(f"error: {err}") from None
+    finally:  # out= elsewhere, or a refused setting: no empty outputs/eval/runs/<time> left
+        tidy_run_dir(HydraConfig.get().runtime.output_dir, str(cfg.out))
 
 
 if __name__ == "__main__":
+    from sfpo_lab.project import setup_root
+
+    setup_root()  # cache_dir: <project root>/.cache from any working directory
     main()
