@@ -2,7 +2,9 @@
 
     python -m sfpo_lab.plot outputs/train/runs/RUN                 # -> RUN/curves.png
     python -m sfpo_lab.plot outputs/train/multiruns/SWEEP          # every job of the sweep
-    python -m sfpo_lab.plot RUN_A RUN_B --out compare.png          # overlay
+    python -m sfpo_lab.plot RUN_A RUN_B                            # -> beside them: their
+                                                                   #    common dir/curves.png
+    python -m sfpo_lab.plot RUN_A RUN_B --out compare.png          # overlay, named
 
 Reads each run's ``metrics.csv`` (x = iteration, i.e. rollout batches) and labels runs by their
 command-line overrides (``.hydra/overrides.yaml``), keeping only those that differ between the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -38,7 +41,9 @@ class Run:
 
     path: Path
     series: dict[str, tuple[list[float], list[float]]]
-    trigger: float | None  # the entropy trigger step (first sfpo/stop_step), None if none
+    # the trigger step: the (1-based) iteration whose entropy fired the trigger, i.e. the first
+    # sfpo/stop_step logged (docs/algorithm.md); None if it never fired
+    trigger: float | None
     overrides: list[str] = field(default_factory=list)
     label: str = ""
 
@@ -160,12 +165,12 @@ def draw(runs: list[Run]) -> Figure:
                 color=color,
                 ls="--",
                 lw=1.2,
-                label=f"trigger s={run.trigger:g}" + ("" if single else f" ({_short(run.label)})"),
+                label=f"stop_step={run.trigger:g}" + ("" if single else f" ({_short(run.label)})"),
                 gid=f"trigger|{run.label}",
             )
     acc.set_title("held-out accuracy (%)")
     reward.set_title("reward (training rollouts)")
-    entropy.set_title("entropy of rollouts (dashed: SFPO trigger step)")
+    entropy.set_title("entropy of rollouts (dashed: trigger step, α = 0 after it)")
     alpha.set_title("α (SFPO interpolation)")
     alpha.set_ylim(-0.05, 1.05)
     for ax in (acc, reward, entropy, alpha):
@@ -227,16 +232,29 @@ def plot_runs(paths: list[str | Path], out: str | Path) -> Path:
     return save(draw(runs), out)
 
 
+def default_out(runs: list[str | Path]) -> Path:
+    """Where a plot goes without ``--out``: beside the runs it draws, not in the working
+    directory: ``<dir>/curves.png`` for one dir, else ``curves.png`` in the deepest directory
+    that holds all of them (the parent of the first when they share only the filesystem root)."""
+    paths = [Path(r).expanduser().resolve() for r in runs]
+    if len(paths) == 1:
+        return paths[0] / CURVES_FILE
+    common = Path(os.path.commonpath(paths))
+    return (paths[0].parent if common == Path(common.anchor) else common) / CURVES_FILE
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="python -m sfpo_lab.plot", description=__doc__.split("\n")[0]
     )
     parser.add_argument("runs", nargs="+", help="run dirs or multirun (sweep) dirs")
     parser.add_argument(
-        "--out", help="PNG to write (default: <dir>/curves.png for one dir, else ./curves.png)"
+        "--out",
+        help="PNG to write (default: beside the runs: <dir>/curves.png for one dir, else "
+        "curves.png in the runs' deepest common directory)",
     )
     args = parser.parse_args(argv)
-    out = args.out or (Path(args.runs[0]) / CURVES_FILE if len(args.runs) == 1 else CURVES_FILE)
+    out = args.out or default_out(args.runs)
     try:
         written = plot_runs(args.runs, out)
     except FileNotFoundError as err:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from sfpo_lab.curves import CurvesCallback
 from sfpo_lab.loggers import KeepingCSVLogger
-from sfpo_lab.plot import draw, expand, label_runs, load_run, main
+from sfpo_lab.plot import default_out, draw, expand, label_runs, load_run, main
 
 COLUMNS = ["sfpo/alpha", "sfpo/stop_step", "step", "train/entropy", "train/reward"]
 COLUMNS += ["val/avg", "val/gsm8k/acc", "val/toy/acc"]
@@ -93,6 +93,27 @@ def test_cli_writes_one_picture_for_a_sweep_and_names_what_is_missing(tmp_path, 
     with pytest.raises(SystemExit):
         main([str(tmp_path / "empty")])
     assert "empty: no metrics.csv in it or in its job subdirs" in capsys.readouterr().err
+
+
+def test_default_output_goes_beside_the_runs_not_into_the_cwd(tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    sweep = tmp_path / "sweep"
+    a, b = _run_dir(sweep / "0", ["seed=0"]), _run_dir(sweep / "1", ["seed=1"])
+    assert main(["../sweep/1", str(a)]) == sweep / "curves.png"  # their common dir
+    assert (sweep / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(cwd.iterdir()) == []
+    assert default_out([str(a)]) == a / "curves.png"
+    assert default_out([a, b, sweep / "0" / "x"]) == sweep / "curves.png"
+    capsys.readouterr()
+
+
+def test_trigger_marker_is_named_stop_step_at_the_iteration_that_fired(tmp_path):
+    run = load_run(_run_dir(tmp_path / "run"))
+    label_runs([run])
+    marker = _lines(draw([run]))["trigger|run"]
+    assert marker.get_label() == "stop_step=3" and list(marker.get_xdata()) == [3.0, 3.0]
 
 
 class _Logging(L.LightningModule):
