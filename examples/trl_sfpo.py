@@ -85,9 +85,7 @@ def main() -> None:
     trainer.train()
     for row in trainer.state.log_history:
         if "sfpo/alpha" in row:
-            print(
-                {k: row[k] for k in ("step", "reward", "sfpo/alpha", "sfpo/kl_theta0") if k in row}
-            )
+            print({k: row[k] for k in ("step", "reward", "sfpo/alpha", "sfpo/z") if k in row})
 
 
 if __name__ == "__main__":
