@@ -255,7 +255,8 @@ class TorchrunLauncherBase(Launcher):
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}  [{self._nproc} process(es)]")
         start = time.time() - 1.0  # file systems with coarse mtimes: one second of slack
         if self.python is None and not self.env and finished_job(cfg, job_dir):
-            rc = 0  # a finished job run again: its own checks said so here, no process started
+            log.info(f"#{idx} is finished (its checks ran in this process): no process started")
+            rc = 0
         else:
             child = subprocess.Popen(
                 cmd, env=self._env(), start_new_session=True, preexec_fn=die_with_parent()

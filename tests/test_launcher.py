@@ -288,6 +288,13 @@ def test_preempted_sweep_stops_and_the_same_command_resumes_it(tmp_path, devices
     for job in _job_dirs(tmp_path / "sweep"):
         assert _last_iteration(job) == 4
         assert json.loads((job / "summary.json").read_text())["summary"]["iterations"] == 4
+    # once more: every job is finished, said by the checks run in the sweep, no job process
+    out = _multirun(tmp_path, *over)
+    text = out.stdout + out.stderr
+    assert text.count("is finished: iteration 4 of 4") == 2, text[-3000:]
+    assert text.count("no process started") == 2, text[-3000:]
+    table = list(csv.DictReader((tmp_path / "sweep" / MULTIRUN_SUMMARY_FILE).open()))
+    assert [r["status"] for r in table] == ["completed"] * 2
 
 
 @pytest.mark.slow
