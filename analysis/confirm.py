@@ -269,8 +269,8 @@ def split_sizes() -> str:
     from sfpo_lab.data.toy import ToyArithmetic, terms_key
 
     lines = []
-    for data, split in (("toy_3op", "text"), ("toy_3op_heldout", "terms")):
-        task = ToyArithmetic(ops="+-", num_operands=3, max_operand=9, split=split)
+    for data, n, split in (("toy", 2, "text"), ("toy_3op", 3, "text"), ("toy_3op_heldout", 3, "terms")):  # fmt: skip
+        task = ToyArithmetic(ops="+-", num_operands=n, max_operand=9, split=split)
         train = {terms_key(p.problem) for p in task.train()}
         held = task.heldout()
         twins = sum(terms_key(p.problem) in train for p in held)

@@ -102,6 +102,28 @@ def confirm_plan(path: Path = CONFIRM_PLAN) -> list[Run]:
 
 
 PLANS = {"reproduce": plan, "confirm": confirm_plan}
+# a run's cost beyond its update steps at 50 batches: process start (~15 s) + 11 validations on
+# 500 x 4 (~2.5 s each): the committed GRPO runs took 1.7-2.0 min of process wall for 48 s of
+# steps and 21 validations (docs/reproduction.md, "Cost")
+CONFIRM_OVERHEAD_S = 45.0
+
+
+def estimate(runs: list[Run], jobs: int, overhead_s: float = CONFIRM_OVERHEAD_S) -> str:
+    """Process- and wall-minutes of a 50-batch plan from the committed runs' per-batch cost
+    (median ``perf/step_s`` of GRPO batches and of batches with alpha > 0, which all of the
+    confirmation's SFPO / GRPO-mu batches are): an estimate, as noisy as those runs' machine."""
+    import pandas as pd
+
+    steps = {"grpo": [], "sfpo": []}
+    for f in sorted((COLLECTED / "repro" / "paper_main").glob("*/metrics.csv")):
+        m = pd.read_csv(f).dropna(subset=["perf/step_s"])
+        steps["sfpo"] += m.loc[m["sfpo/alpha"] > 0, "perf/step_s"].tolist()
+        steps["grpo"] += m.loc[m["sfpo/alpha"] == 0, "perf/step_s"].tolist()
+    per = {k: float(pd.Series(v).median()) for k, v in steps.items()}
+    secs = [50 * per["grpo" if "algorithm=grpo" in r.overrides else "sfpo"] + overhead_s for r in runs]  # fmt: skip
+    wall = sum(secs) / jobs / 0.97  # the reproduction kept 2 jobs busy 97 % of its wall time
+    return (f"{len(runs)} runs: {sum(secs) / 60:.0f} process-min, ~{wall / 60:.0f} min wall at {jobs} jobs "
+            f"(per batch {per['grpo']:.2f} s GRPO, {per['sfpo']:.2f} s alpha > 0, + {overhead_s:.0f} s a run)")  # fmt: skip
 
 
 def state(run_dir: Path) -> str:
@@ -189,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")  # fmt: skip
     p.add_argument("--only", action="append", help="run-name prefix(es) to run (e.g. paper_main)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and each run's state")
+    p.add_argument("--estimate", action="store_true", help="print the confirm plan's cost estimate")
     p.add_argument("--no-figures", action="store_true", help="stop after the runs")
     args = p.parse_args(argv)
     confirm = args.plan == "confirm"
@@ -197,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if root == collected or collected in root.parents or root in collected.parents:
         p.error(f"--root {root}: overlaps {collected}, the collected copy rebuilt at the end")
     runs = [r for r in PLANS[args.plan]() if not args.only or any(r.name.startswith(o) for o in args.only)]  # fmt: skip
+    if args.estimate:
+        print(estimate(runs, args.jobs))
+        return 0
     if args.dry_run:
         for r in runs:
             print(f"{state(root / r.name):7s} {r.name}: {' '.join(r.overrides)}")
