@@ -1,0 +1,53 @@
+"""The toy base does not depend on the caller's thread count (issue 25): the warm-up runs on
+``WARMUP_THREADS`` intra-op threads whatever ``torch.set_num_threads`` / ``OMP_NUM_THREADS``
+say, and gives back the caller's count afterwards. In-process, a ~30k-parameter model, 3 steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sfpo_lab import warmup
+from sfpo_lab.config import RunConfig
+
+
+def _tiny_run(cache: Path) -> RunConfig:
+    run = RunConfig(seed=0)
+    t = run.model.tiny
+    t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads = 32, 1, 2, 1
+    t.intermediate_size, t.max_position_embeddings = 64, 64
+    run.model.warmup.steps, run.model.warmup.batch_size = 3, 8
+    run.paths.cache_dir = str(cache)
+    return run
+
+
+@pytest.fixture
+def caller_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_warmup_base_is_the_same_under_1_and_2_caller_threads(
+    tmp_path, monkeypatch, caller_threads
+):
+    build, seen = warmup._build, []
+
+    def spy(run, out):  # the real build; records the thread count it ran under
+        seen.append(torch.get_num_threads())
+        return build(run, out)
+
+    monkeypatch.setattr(warmup, "_build", spy)
+    weights = {}
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        base = warmup.toy_base_model(_tiny_run(tmp_path / f"cache{n}"), log=lambda _: None)
+        assert torch.get_num_threads() == n  # the caller's count is given back
+        weights[n] = load_file(base / "model.safetensors")
+    assert seen == [1, 1], seen  # WARMUP_THREADS
+    assert weights[1].keys() == weights[2].keys()
+    for name, w in weights[1].items():
+        assert torch.equal(w, weights[2][name]), name  # bit for bit, no tolerance
