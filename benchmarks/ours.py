@@ -115,6 +115,8 @@ def split(rows: list[dict[str, float]], skip_first: int = 1) -> dict[str, float]
     for key in (*STAGES, "step"):
         vals = [r[f"perf/{key}_s"] for r in kept if f"perf/{key}_s" in r]
         out[key] = sum(vals) / len(vals) if vals else float("nan")
+    fused = [r["perf/fused_old_logprobs"] for r in kept if "perf/fused_old_logprobs" in r]
+    out["fused_old_logprobs"] = sum(fused) / len(fused) if fused else 0.0
     lengths = [r["train/response_length/mean"] for r in kept if "train/response_length/mean" in r]
     out["response_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
     # perf/rollout_s is timed around the weight push and the generation: report them apart

@@ -9,9 +9,12 @@ whole ``training_step``: rollout, reward, old log-probs + entropy, update), TRL 
 ``on_step_begin`` and ``on_step_end`` callbacks (generation, reward and the update all happen
 inside its ``training_step``); means over the iterations after the first.
 
-Known differences in TRL's favour: with ``num_iterations=1`` TRL skips the separate
-old-log-prob forward pass (ours always runs it, and also computes the entropy H_s the SFPO
-trigger needs). Install TRL only for this benchmark: ``pip install trl`` (see README).
+Both skip the separate old-log-prob forward: TRL with ``num_iterations=1``, ours where it is
+exact (``update.fuse_old_logprobs``: the first update pass's own forward at theta0 gives the old
+log-probs and the entropy H_s the SFPO trigger needs; before issue 29 ours always ran it, 16 %
+of an iteration). The same objective: TRL's ``entropy_coef`` is our ``loss.entropy_coeff``
+(the authors' 0.001; TRL's default 0 would spare it the backward through every response
+token's entropy). Install TRL only for this benchmark: ``pip install -e .[bench]``.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def run(mode: str, device: torch.device) -> list[Row]:
             1.0,
             config=label,
             note=f"ours {ours['step']:.2f}s vs TRL {trl['step']:.2f}s per iteration "
-            f"(TRL {_version('trl')}; TRL skips the old-log-prob pass)",
+            f"(TRL {_version('trl')}; both skip the old-log-prob pass: "
+            f"ours fused it in {ours.get('fused_old_logprobs', 0):.0%} of iterations)",
             details={"ours": ours, "trl": trl},
         )
     ]
@@ -128,6 +132,7 @@ def trl_seconds(common: list[str], s: dict[str, int], device: torch.device) -> d
             learning_rate=run.optim.lr,
             max_steps=s["iterations"],
             beta=0.0,
+            entropy_coef=run.loss.entropy_coeff,  # the same objective: our entropy bonus
             num_iterations=1,
             use_cpu=device.type == "cpu",
             bf16=False,
