@@ -269,7 +269,7 @@ class SFPOGRPOTrainer(GRPOTrainer):
             "z": obs["z"],
             # the first SFPO iteration (0-based) and trainer step (global_step, 1-based) with
             # alpha dropped; NaN until the trigger fires
-            "stop_iteration": obs["stop_step"],
+            "stop_step": obs["stop_step"],  # the trigger step (docs/algorithm.md)
             "stop_trainer_step": self._stop_trainer_step(engine),
             "restored_theta0": end["restored_theta0"],
             "fast_steps": end["fast_steps"],

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from sfpo_lab.config_algo import SFPOConfig
+from sfpo_lab.integrations.trl_vllm import check_vllm_args
 
 # the TRL releases this adapter was run against (tests/integrations, CPU); pyproject's `trl`
 # extra pins the same range
@@ -101,11 +102,7 @@ def check_args(args: Any, cfg: SFPOConfig) -> None:
             f"SFPOGRPOTrainer: sfpo.lr_schedule={cfg.lr_schedule!r} is not supported; allowed: "
             "per_batch (TRL steps its scheduler once per optimizer step of its own pass)"
         )
-    if args.use_vllm:
-        raise ValueError(
-            "SFPOGRPOTrainer: use_vllm=True is not supported yet (its importance-sampling "
-            "correction is tied to TRL's old log-probs); allowed: False"
-        )
+    check_vllm_args(args)
     _check_boundaries(args, spg // ga)
     refuse_sharded_engines(
         deepspeed=bool(getattr(args, "deepspeed", None)) or _env_flag("ACCELERATE_USE_DEEPSPEED"),

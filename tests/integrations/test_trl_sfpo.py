@@ -166,7 +166,7 @@ def test_trigger_fires_and_alpha_drops_to_zero(tmp_path):
     assert stop is not None and alphas == [0.5 if s < stop else 0.0 for s in range(4)]
     # one optimizer step per iteration here: trainer step = iteration + 1; the first row
     # with alpha = 0 is logged at that trainer step
-    assert logs[-1]["sfpo/stop_iteration"] == stop
+    assert logs[-1]["sfpo/stop_step"] == stop
     assert logs[-1]["sfpo/stop_trainer_step"] == stop + 1 == logs[stop]["step"]
     assert all(
         h["sfpo/fast_steps"] == (1.0 if a else 0.0) for h, a in zip(logs, alphas, strict=True)
