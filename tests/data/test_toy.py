@@ -147,3 +147,31 @@ def test_the_default_split_is_the_committed_one():
     assert ToyArithmetic().split == "text"
     with pytest.raises(ValueError, match=r"data\.toy\.split='hash'"):
         ToyArithmetic(split="hash")
+
+
+def test_the_configured_split_reaches_the_training_and_held_out_sets():
+    """`data=toy_3op_heldout` must give the runner's train/held-out sets the terms split (the
+    warm-up's task builder once dropped data.toy.split: the confirmation would have trained and
+    validated on the text split); the base key changes with it, the text default keeps its key."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from sfpo_lab.config import register_schema, to_run_config
+    from sfpo_lab.data.toy import terms_key
+    from sfpo_lab.warmup import base_key, toy_task
+
+    register_schema()
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    runs = {}
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for data in ("toy_3op", "toy_3op_heldout"):
+            over = [f"data={data}", "paths.output_dir=/tmp/x"]
+            runs[data] = to_run_config(compose("train", overrides=over))
+    task = toy_task(runs["toy_3op_heldout"])
+    train = {terms_key(p.problem) for p in task.train()}
+    assert len(task.heldout()) == 728 and not any(
+        terms_key(p.problem) in train for p in task.heldout()
+    )
+    assert len(toy_task(runs["toy_3op"]).heldout()) == 792
+    assert base_key(runs["toy_3op"]) != base_key(runs["toy_3op_heldout"])
