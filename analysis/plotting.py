@@ -107,7 +107,8 @@ def band_plot(
 
 
 def stop_steps(df: pd.DataFrame) -> pd.Series:
-    """Each run's entropy-trigger step (``sfpo/stop_step`` at its last step; NaN = never)."""
+    """Each run's trigger step (``sfpo/stop_step`` at its last step: the 1-based iteration whose
+    entropy fired, docs/algorithm.md; NaN = never)."""
     rows = select(df, "sfpo/stop_step").sort_values("step").groupby("run_id").tail(1)
     return rows.set_index("run_id")["value"]
 
