@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sfpo_lab.config import ConfigError, register_schema, to_run_config
+from sfpo_lab.project import setup_root
 from sfpo_lab.rundir import created_by_this_launch, disk_fault_line, remove_if_empty
 
 
@@ -95,4 +96,5 @@ if __name__ == "__main__":
     # (as __mp_main__, Python 3.11), and storing the schema builds RunConfig's defaults, whose
     # checks import torch (~3 s of CPU per worker, while the trainer waits for them)
     register_schema()
+    setup_root()  # PROJECT_ROOT: paths.cache_dir is the project's .cache from any working dir
     main()

@@ -207,6 +207,7 @@ RESUME_MAY_CHANGE = (
     "update.max_tokens_per_micro_batch",
     "update.logits_chunk_tokens",
     "update.max_skipped_steps",
+    "update.fuse_old_logprobs",  # the old log-probs from the first update forward: speed only
     "model.activation_checkpointing",
     "model.attn_implementation",
     "model.sdpa_backends",

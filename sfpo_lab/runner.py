@@ -322,7 +322,12 @@ def summarize(module: SFPOModule, val_cb: ValidationCallback) -> dict[str, Any]:
     if module.run_cfg.sfpo.alpha == 0:  # GRPO: no trigger to speak of
         trigger = "none (GRPO)"
     else:
-        trigger = f"step {stop}" if stop is not None else "not triggered"
+        # the trigger step (docs/algorithm.md): the 1-based iteration whose entropy fired
+        trigger = (
+            f"stop_step {stop} (alpha 0 from iteration {stop + 1})"
+            if stop is not None
+            else "not triggered"
+        )
     if hist:
         rank_zero_info(
             f"\n[summary] held-out accuracy (temperature {val_cb.params.temperature}, "
