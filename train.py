@@ -16,15 +16,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sfpo_lab.config import ConfigError, register_schema, to_run_config
-from sfpo_lab.project import setup_root
-from sfpo_lab.rundir import created_by_this_launch, disk_fault_line, remove_if_empty
+from sfpo_lab.run.project import setup_root
+from sfpo_lab.run.rundir import created_by_this_launch, disk_fault_line, remove_if_empty
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         run = to_run_config(cfg)  # typed + validated before any model, data or process exists
-        from sfpo_lab.runner import train  # heavy imports only after the config is known good
+        from sfpo_lab.run.runner import train  # heavy imports only after the config is known good
 
         hparams = OmegaConf.to_container(cfg, resolve=True)
         out = run.paths.output_dir  # written while the run still holds its run-dir lock

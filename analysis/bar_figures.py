@@ -179,7 +179,7 @@ def fig4(df: pd.DataFrame) -> plt.Figure:
 def fig8(df: pd.DataFrame) -> plt.Figure:
     """Fig. 8: memory during one training step, SFPO vs GRPO, per stage.
 
-    From ``perf/mem/<stage>`` (GiB; :mod:`sfpo_lab.perf`: CUDA peak allocated, reset per
+    From ``perf/mem/<stage>`` (GiB; :mod:`sfpo_lab.run.perf`: CUDA peak allocated, reset per
     stage; CPU resident set sampled during the stage): one bar per stage (rollout, logprobs,
     fast_1..fast_K, reposition, slow; GRPO's update) and method, the mean over runs of each
     run's largest value over its iterations. Runs that logged no ``perf/mem/*`` get the

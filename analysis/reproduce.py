@@ -46,8 +46,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import yaml  # noqa: E402
 
-from sfpo_lab.launcher import die_with_parent  # noqa: E402
-from sfpo_lab.rundir import live_holder, summary_is_current  # noqa: E402
+from sfpo_lab.run.launcher import die_with_parent  # noqa: E402
+from sfpo_lab.run.rundir import live_holder, summary_is_current  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTED = REPO / "paper_figures" / "repro_runs"  # config + metrics of every run, committed

@@ -24,7 +24,7 @@ import torch
 from transformers import Qwen2Config
 
 from sfpo_lab.data.tokenizer import char_vocab
-from sfpo_lab.models import tiny_qwen2_config
+from sfpo_lab.model.build import tiny_qwen2_config
 
 # Qwen2.5-0.5B's shape (random init, fp32 on CPU): 494M parameters, tied embeddings.
 QWEN05B_SHAPE = {
@@ -180,7 +180,7 @@ def smollm2_dir() -> str:
     into ``<repo>/.cache/models``, as ``model=smollm2-135m-instruct`` does)."""
     from pathlib import Path
 
-    from sfpo_lab.models import materialize_gguf
+    from sfpo_lab.model.build import materialize_gguf
 
     repo = Path(__file__).resolve().parents[1]
     return str(materialize_gguf(SMOLLM2_GGUF, repo / ".cache" / "models"))

@@ -27,7 +27,7 @@ from benchmarks.common import (
     toy_config,
 )
 from sfpo_lab.algos import SFPO
-from sfpo_lab.models import build_causal_lm, count_parameters
+from sfpo_lab.model.build import build_causal_lm, count_parameters
 
 SECTION = "engine"
 K, ALPHA = 3, 0.8

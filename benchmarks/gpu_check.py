@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from sfpo_lab.algos import SFPO  # noqa: E402
 from sfpo_lab.algos.logits import logprobs_from_logits  # noqa: E402
 from sfpo_lab.algos.losses import policy_loss  # noqa: E402
-from sfpo_lab.models import tiny_qwen2_config  # noqa: E402
+from sfpo_lab.model.build import tiny_qwen2_config  # noqa: E402
 
 
 def policy_config(tiny: bool):
@@ -168,7 +168,7 @@ def check_fsdp2(tiny: bool, device) -> dict:
     """One SFPO iteration on FSDP2 (world size 1) with bf16 autocast; exact reposition."""
     import torch.distributed as dist
 
-    from sfpo_lab.parallel import shard_fsdp2
+    from sfpo_lab.model.parallel import shard_fsdp2
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29577")

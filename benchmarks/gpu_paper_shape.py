@@ -21,7 +21,7 @@ kit's ``SFPOModule``: its ``configure_model``, engine, ``UpdatePass``, ``StageMe
 * ``fsdp``: the same on FSDP2 (``trainer.strategy=fsdp``, one rank: NCCL on GPU, gloo on CPU;
   ``MixedPrecisionPolicy(bf16, fp32 reduce)``; the HF engine's own generation copy).
 * ``fp16``: ``trainer.precision=16-mixed``, packed update only, or the kit's refusal
-  (``sfpo_lab.parallel.check_precision``), recorded as such.
+  (``sfpo_lab.model.parallel.check_precision``), recorded as such.
 * ``attn_alt``: the packed update with ``model.attn_implementation=flash_attention_2`` when
   ``flash_attn`` imports on a GPU (eager at the smoke shape); otherwise the reason it did not run.
 
@@ -152,7 +152,7 @@ class Runner:
         import lightning as L
         from torch.utils.data import DataLoader
 
-        from sfpo_lab.parallel import build_strategy, check_precision, lightning_precision
+        from sfpo_lab.model.parallel import build_strategy, check_precision, lightning_precision
 
         run = run_config(
             self.shape,
@@ -216,7 +216,7 @@ class Runner:
 
     def _fp16(self) -> dict[str, Any]:
         from sfpo_lab.config import ConfigError
-        from sfpo_lab.parallel import check_precision
+        from sfpo_lab.model.parallel import check_precision
 
         run = run_config(
             self.shape,

@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import Row, free_memory, qwen05b_config, row
 from benchmarks.ours import fit, split
 from sfpo_lab.data.tokenizer import build_char_tokenizer
-from sfpo_lab.models import build_causal_lm
+from sfpo_lab.model.build import build_causal_lm
 
 SECTION = "iteration"
 K = 3

@@ -2,7 +2,7 @@
 
 The config is composed from ``conf/`` exactly as ``train.py`` does (Hydra compose API, the
 typed schema, validation); the run is built from the same library pieces as
-``sfpo_lab.runner.train`` but without validation and checkpoint callbacks (they are not part
+``sfpo_lab.run.runner.train`` but without validation and checkpoint callbacks (they are not part
 of an iteration) and with an in-memory logger, so the per-iteration ``perf/`` split the
 module logs can be read back directly.
 """
@@ -82,9 +82,9 @@ class CpuClock(L.Callback):
 
 def fit(overrides: list[str]) -> list[dict[str, float]]:
     """Train with ``overrides`` and return the per-iteration metrics (``train/iteration`` set)."""
-    from sfpo_lab import runner
     from sfpo_lab.data.datamodule import RLDataModule
-    from sfpo_lab.module import SFPOModule
+    from sfpo_lab.run import runner
+    from sfpo_lab.training.module import SFPOModule
 
     with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
         run = compose(overrides, out)

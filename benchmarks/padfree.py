@@ -3,9 +3,9 @@
 (a) processed tokens / real tokens of one rank's update pass at the paper's setting: old =
 fixed 16-row micro-batches, every row padded to the rollout batch's longest prompt + longest
 response; new = ``update.max_tokens_per_micro_batch`` + ``update.remove_padding`` (counted
-from the real :func:`sfpo_lab.packing.micro_batches` / :func:`~sfpo_lab.packing.pack`).
+from the real :func:`sfpo_lab.training.packing.micro_batches` / :func:`~sfpo_lab.training.packing.pack`).
 (b) the same comparison in real tokens per second of CPU time, through the real
-:class:`~sfpo_lab.stages.UpdatePass` (new) and the pre-change micro-batch loop (old), on a
+:class:`~sfpo_lab.training.stages.UpdatePass` (new) and the pre-change micro-batch loop (old), on a
 model whose matmuls dominate, with every length divided by ``LENGTH_SCALE``.
 
 Lengths: prompts are the real DAPO-Math-17k prompts (``/work/shared/data`` or
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import Row, interleaved, not_measured, row
-from sfpo_lab.experience import Experience
+from sfpo_lab.training.experience import Experience
 
 SECTION = "padfree"
 P_MAX, R_MAX = 1536, 2560  # the paper's prompt / response caps (Qwen2.5-Math)
@@ -96,7 +96,7 @@ def layout(p: np.ndarray, r: np.ndarray, vocab: int, seed: int = 0) -> Experienc
 
 
 def processed_tokens(exp: Experience, **kw) -> int:
-    from sfpo_lab.packing import micro_batches, pack
+    from sfpo_lab.training.packing import micro_batches, pack
 
     total = 0
     for mb in micro_batches(exp, **kw):
@@ -154,8 +154,8 @@ def old_pass(model, opt, exp: Experience, run) -> None:
     """The update pass before issue 14 (sfpo_lab/stages.py at 1e286d1): fixed-row
     micro-batches at the batch's full width, full fp32 logits, unchunked entropy."""
     from sfpo_lab.algos import agg_loss, entropy_from_logits, get_policy_loss, logprobs_from_logits
-    from sfpo_lab.experience import response_logits
-    from sfpo_lab.runtime import clip_grad_norm
+    from sfpo_lab.training.experience import response_logits
+    from sfpo_lab.training.runtime import clip_grad_norm
 
     lc, loss_fn = run.loss, get_policy_loss(run.loss.policy_loss)
     opt.zero_grad(set_to_none=True)
@@ -179,8 +179,8 @@ def throughput_row(prompts: np.ndarray, mode: str) -> Row:
     from dataclasses import replace
 
     from sfpo_lab.config import RunConfig, UpdateConfig
-    from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-    from sfpo_lab.stages import UpdatePass
+    from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+    from sfpo_lab.training.stages import UpdatePass
 
     size = {  # rows, hidden, layers, intermediate, vocab, length divisor, repeats
         "full": (32, 512, 4, 1536, 8192, LENGTH_SCALE, 2),

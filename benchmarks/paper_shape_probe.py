@@ -1,12 +1,12 @@
 """The pieces :mod:`benchmarks.gpu_paper_shape` drives: the paper's lengths, a random-weight
 Qwen2 on disk, a :class:`~sfpo_lab.config.RunConfig` built without Hydra, and
-:class:`ProbeModule`, the kit's own :class:`~sfpo_lab.module.SFPOModule` whose
+:class:`ProbeModule`, the kit's own :class:`~sfpo_lab.training.module.SFPOModule` whose
 ``training_step`` runs the stages of one iteration on forced-length responses and records
 what each stage computed (dtypes, seconds, memory, update statistics, gradients).
 
 Everything here goes through the kit's public code: ``configure_model`` (policy, reference
 model, FSDP2 sharding, generation copy, attention setting), the rollout engine, the no-grad
-log-prob pass and :class:`~sfpo_lab.stages.UpdatePass` under a real Lightning ``Trainer``
+log-prob pass and :class:`~sfpo_lab.training.stages.UpdatePass` under a real Lightning ``Trainer``
 (its precision plugin: autocast, the 16-mixed gradient scaler).
 """
 
@@ -36,10 +36,10 @@ from sfpo_lab.config import (
     UpdateConfig,
     ValConfig,
 )
-from sfpo_lab.experience import Experience, response_logprobs
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.module import SFPOModule
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
 from sfpo_lab.rollout.base import SamplingParams, build_rollout_batch, left_pad
+from sfpo_lab.training.experience import Experience, response_logprobs
+from sfpo_lab.training.module import SFPOModule
 
 PAD = 0  # pad id; prompts and forced responses never use it
 

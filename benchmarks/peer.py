@@ -104,10 +104,10 @@ def trl_seconds(common: list[str], s: dict[str, int], device: torch.device) -> d
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from sfpo_lab import runner
     from sfpo_lab.data.templates import render_prompt
     from sfpo_lab.rewards.pool import MathVerifier
     from sfpo_lab.rewards.reward import compute_rewards
+    from sfpo_lab.run import runner
 
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as out:
         run = compose(["algorithm=grpo", *common], out)

@@ -31,7 +31,7 @@ from benchmarks.common import (
     row,
     toy_config,
 )
-from sfpo_lab.models import build_causal_lm
+from sfpo_lab.model.build import build_causal_lm
 from sfpo_lab.rollout.base import SamplingParams, left_pad
 from sfpo_lab.rollout.hf import HFEngine
 from sfpo_lab.rollout.seeded import SeededSampler, row_seeds_for

@@ -26,7 +26,7 @@ SWEEP = ["-m", "seed=0,1,2,3", "iterations=1"]
 # (phase, (file name, function name)) as cProfile records them; cumulative seconds, so a phase
 # includes the imports it triggers
 PHASES = [
-    ("import sfpo_lab.runner (Lightning, transformers, torch)", ("runner.py", "<module>")),
+    ("import sfpo_lab.run.runner (Lightning, transformers, torch)", ("runner.py", "<module>")),
     ("preflight (checks, checkpoint)", ("preflight.py", "preflight")),
     ("data + tokenizer + toy base model", ("runner.py", "prepare_model")),
     ("Trainer + loggers built", ("runner.py", "build_trainer")),

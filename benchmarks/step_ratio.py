@@ -146,7 +146,7 @@ def scale_for(mode: str) -> Scale:
 
 def load_model(kind: str) -> tuple[torch.nn.Module, int]:
     """(model, pad id): SmolLM2 (``common.smollm2_dir``) or the toy config at random init."""
-    from sfpo_lab.models import build_causal_lm
+    from sfpo_lab.model.build import build_causal_lm
 
     torch.manual_seed(0)
     if kind == "toy":
@@ -208,8 +208,8 @@ def _training_fns(model: torch.nn.Module, sc: Scale) -> tuple[dict, int, int]:
     from benchmarks.padfree import _Host, layout
     from sfpo_lab.algos.sfpo import SFPO
     from sfpo_lab.config import RunConfig, UpdateConfig
-    from sfpo_lab.experience import response_logprobs
-    from sfpo_lab.stages import UpdatePass
+    from sfpo_lab.training.experience import response_logprobs
+    from sfpo_lab.training.stages import UpdatePass
 
     vocab = model.config.vocab_size
     exp = layout(np.full(sc.rows, sc.prompt_len), np.full(sc.rows, sc.new), vocab)

@@ -109,7 +109,7 @@ def _case(shape: Shape, device: torch.device) -> tuple[torch.nn.Module, list[lis
     if shape.config != "smollm2":
         model = build_model(shape.config, device)
         return model, make_prompts(shape.prompts, model.config.vocab_size), PAD
-    from sfpo_lab.models import build_causal_lm
+    from sfpo_lab.model.build import build_causal_lm
 
     path = smollm2_dir()
     model = build_causal_lm(path).to(device).eval().requires_grad_(False)

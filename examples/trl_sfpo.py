@@ -36,7 +36,7 @@ def correct(completions: list[str], answer: list[str], **_: object) -> list[floa
 
 def tiny_model(out: Path):
     from sfpo_lab.data.tokenizer import build_char_tokenizer
-    from sfpo_lab.models import tiny_qwen2_config
+    from sfpo_lab.model.build import tiny_qwen2_config
 
     tok = build_char_tokenizer(out / "tokenizer")
     cfg = tiny_qwen2_config(

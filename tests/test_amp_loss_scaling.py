@@ -19,9 +19,9 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from sfpo_lab.config import RunConfig, UpdateConfig
-from sfpo_lab.experience import response_logprobs
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.stages import UpdatePass
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.training.experience import response_logprobs
+from sfpo_lab.training.stages import UpdatePass
 from tests.doubles.amp import INIT_SCALE, CPUFloat16Amp
 from tests.test_packing import VOCAB, make_experience
 

@@ -24,7 +24,11 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from sfpo_lab.attention import (
+from sfpo_lab.config import ConfigError, ModelConfig, RunConfig, register_schema, to_run_config
+from sfpo_lab.data.records import Problem
+from sfpo_lab.data.tokenizer import build_char_tokenizer
+from sfpo_lab.eval.evaluate import evaluate
+from sfpo_lab.model.attention import (
     ATTN_IMPLEMENTATIONS,
     DEFAULT_SDPA_BACKENDS,
     PAD_SAFE_SDPA,
@@ -33,16 +37,12 @@ from sfpo_lab.attention import (
     missing_attn_package,
     sdpa_backend_flags,
 )
-from sfpo_lab.config import ConfigError, ModelConfig, RunConfig, register_schema, to_run_config
-from sfpo_lab.data.records import Problem
-from sfpo_lab.data.tokenizer import build_char_tokenizer
-from sfpo_lab.eval.evaluate import evaluate
-from sfpo_lab.experience import micro_logprobs
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.packing import MicroBatch, micro_batches, pack
-from sfpo_lab.preflight import preflight
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
 from sfpo_lab.rollout.base import SamplingParams
 from sfpo_lab.rollout.hf import HFEngine
+from sfpo_lab.run.preflight import preflight
+from sfpo_lab.training.experience import micro_logprobs
+from sfpo_lab.training.packing import MicroBatch, micro_batches, pack
 from tests.doubles.attention import patch_sdpa, plain_softmax_sdpa
 from tests.test_packing import VOCAB, make_experience
 
@@ -374,7 +374,7 @@ def test_preflight_refuses_flash_attention_without_its_package(tmp_path: Path) -
 
 
 def test_preflight_refuses_flash_attention_on_cpu_or_in_fp32(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("sfpo_lab.attention.missing_attn_package", lambda impl: None)
+    monkeypatch.setattr("sfpo_lab.model.attention.missing_attn_package", lambda impl: None)
     run = _gpu_run(tmp_path, "flash_attention_2")
     run.trainer.accelerator = "cpu"
     with pytest.raises(ConfigError, match="CUDA GPUs only, but trainer.accelerator='cpu'"):

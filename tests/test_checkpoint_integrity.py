@@ -124,7 +124,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_newest_intact_one(run_dir, t
         load_full_checkpoint(out / "last.ckpt")
     run = RunConfig(ckpt_path="last")
     run.paths.output_dir = str(out)
-    from sfpo_lab.runner import check_resume_checkpoint
+    from sfpo_lab.run.runner import check_resume_checkpoint
 
     with pytest.raises(ConfigError) as checked:  # train.py, before preflight or a model load
         check_resume_checkpoint(run)
@@ -137,7 +137,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_newest_intact_one(run_dir, t
 
 
 def test_an_intact_checkpoint_carries_its_digest_and_stays_a_plain_zip(run_dir):
-    from sfpo_lab.checkpoint_integrity import problem, stored_digest
+    from sfpo_lab.checkpointing.integrity import problem, stored_digest
 
     path = run_dir / "last.ckpt"
     assert os.path.samefile(path, run_dir / "iter-000003.ckpt")
@@ -193,8 +193,8 @@ def test_a_sharded_checkpoint_lists_its_digests_and_a_damaged_shard_is_refused(t
     with changed bytes is refused by the readers and by the resume check."""
     import json
 
-    from sfpo_lab.checkpoint_integrity import MANIFEST
-    from sfpo_lab.runner import check_resume_checkpoint
+    from sfpo_lab.checkpointing.integrity import MANIFEST
+    from sfpo_lab.run.runner import check_resume_checkpoint
     from tests.test_sharded_checkpoint import _fit as fit_sharded
 
     out = tmp_path / "run"
@@ -226,7 +226,7 @@ def test_the_digest_written_while_saving_is_the_one_read_back_at_any_piece_size(
     """Streamed while torch writes, re-read in parallel pieces: equal for piece boundaries that
     fall anywhere, including inside the 2 bytes the comment length replaces; one flipped byte
     anywhere in the file is found."""
-    from sfpo_lab import checkpoint_integrity as integrity
+    from sfpo_lab.checkpointing import integrity
 
     monkeypatch.setattr(integrity, "PIECE", piece)
     path = integrity.save_file({"w": torch.arange(1000.0), "n": "x"}, tmp_path / "a.ckpt")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
-from sfpo_lab.module import select_entropy, sfpo_iteration
+from sfpo_lab.training.module import select_entropy, sfpo_iteration
 
 ITERS, K = 40, 3
 SPIKE_LAST_PASS, SPIKE_ROLLOUT, JUNK_AT = 35, 33, 31

@@ -203,7 +203,7 @@ def test_grpo_mu_is_alpha_one_with_slow_correction_and_nothing_else():
 def test_repro_is_paired_powered_and_runs_the_authors_sfpo():
     """Issue 17's design: one base for every seed and method, >= 100 rollout batches, >= 500
     held-out problems, 10 seeds x GRPO / GRPO-mu / SFPO; SFPO is the authors' setting."""
-    from sfpo_lab.warmup import base_key, toy_task
+    from sfpo_lab.model.warmup import base_key, toy_task
 
     grid = _grid("repro/paper_main", all_seeds=True)
     runs = [_run("repro/paper_main", o) for o in grid]

@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sfpo_lab.config import RunConfig, TrainerConfig
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.perf import rss_bytes
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.run.perf import rss_bytes
 from tests.dist_utils import free_port
 
 WORLD = 2
@@ -49,7 +49,7 @@ def fsdp_run(precision: str = "bf16-mixed", kl_coef: float = 0.01, fused: bool =
 def configured_module(path: str, run: RunConfig, mesh):
     """``SFPOModule.configure_model`` as Lightning's ModelParallelStrategy calls it (its
     device mesh, its root device), without a Trainer."""
-    from sfpo_lab.module import SFPOModule
+    from sfpo_lab.training.module import SFPOModule
 
     module = SFPOModule(run, path, SimpleNamespace(pad_token_id=0, eos_token_id=1))
     module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
@@ -99,7 +99,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 def worker(rank: int, port: int, path: str, out_dir: str) -> None:
     mesh = init_gloo(rank, port)
-    import sfpo_lab.module  # noqa: F401  (imported before measuring: only the build counts)
+    import sfpo_lab.training.module  # noqa: F401  (imported before measuring: only the build counts)
 
     with PeakRSS() as rss:
         module = configured_module(path, fsdp_run(), mesh)

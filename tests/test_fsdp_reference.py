@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sfpo_lab.algos.losses import kl_penalty
-from sfpo_lab.experience import response_logprobs
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.training.experience import response_logprobs
 from tests.dist_utils import free_port
 from tests.test_fsdp_init import configured_module, fsdp_run, init_gloo
 from tests.test_packing import VOCAB, make_experience

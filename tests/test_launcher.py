@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from sfpo_lab.config import register_schema
-from sfpo_lab.launcher import (
+from sfpo_lab.run.launcher import (
     MULTIRUN_SUMMARY_FILE,
     config_flags,
     format_table,

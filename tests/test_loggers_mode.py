@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import wandb.env
 
-from sfpo_lab.loggers import build_loggers, wandb_mode
+from sfpo_lab.run.loggers import build_loggers, wandb_mode
 
 AGENT = {
     wandb.env.SWEEP_ID: "abc12345",

@@ -1,4 +1,4 @@
-"""sfpo_lab.loggers.build_loggers: a run dir keeps one W&B run across restarts (ckpt_path=last)."""
+"""sfpo_lab.run.loggers.build_loggers: a run dir keeps one W&B run across restarts (ckpt_path=last)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import re
 import pytest
 
 from sfpo_lab.config import ConfigError
-from sfpo_lab.loggers import WANDB_ID_FILE, KeepingCSVLogger, build_loggers
+from sfpo_lab.run.loggers import WANDB_ID_FILE, KeepingCSVLogger, build_loggers
 
 
 def _cfg(tmp_path, **wandb_extra):
     return {
         "csv": {
-            "_target_": "sfpo_lab.loggers.KeepingCSVLogger",
+            "_target_": "sfpo_lab.run.loggers.KeepingCSVLogger",
             "save_dir": str(tmp_path),
             "name": "",
             "version": "",

@@ -9,9 +9,9 @@ import torch
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from sfpo_lab.attention import PAD_SAFE_SDPA, missing_attn_package
 from sfpo_lab.config import ConfigError
-from sfpo_lab.models import (
+from sfpo_lab.model.attention import PAD_SAFE_SDPA, missing_attn_package
+from sfpo_lab.model.build import (
     build_causal_lm,
     count_parameters,
     decoder_layer_classes,
@@ -87,8 +87,8 @@ def test_bad_attn_implementation_is_refused_before_loading(monkeypatch) -> None:
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("sfpo_lab.models.AutoModelForCausalLM.from_config", never)
-    monkeypatch.setattr("sfpo_lab.models.AutoModelForCausalLM.from_pretrained", never)
+    monkeypatch.setattr("sfpo_lab.model.build.AutoModelForCausalLM.from_config", never)
+    monkeypatch.setattr("sfpo_lab.model.build.AutoModelForCausalLM.from_pretrained", never)
     with pytest.raises(ConfigError, match=r"attn_implementation='flash'.*allowed: sdpa \| eager"):
         build_causal_lm(tiny_qwen2_config(16), attn_implementation="flash")
     with pytest.raises(ConfigError, match=r"'flash_attention_2' needs the package 'flash-attn'"):
@@ -137,7 +137,7 @@ def test_a_cached_hub_id_resolves_to_its_local_snapshot(tmp_path, monkeypatch):
     base identity as a bare name; it is now the snapshot directory the hub cache holds."""
     import huggingface_hub.constants as hub
 
-    from sfpo_lab.models import local_snapshot
+    from sfpo_lab.model.build import local_snapshot
 
     repo = tmp_path / "hub" / "models--org--tiny"
     snap = repo / "snapshots" / "abc123"

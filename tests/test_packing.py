@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sfpo_lab.algos.logits import logprobs_and_entropy
-from sfpo_lab.experience import Experience, micro_logprobs, response_logprobs
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.packing import micro_batches, pack, plan, trim, unpack
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.training.experience import Experience, micro_logprobs, response_logprobs
+from sfpo_lab.training.packing import micro_batches, pack, plan, trim, unpack
 
 VOCAB = 37
 

@@ -13,7 +13,7 @@ import pytest
 from test_learning import series, train
 
 from sfpo_lab.config import RunConfig
-from sfpo_lab.warmup import base_key
+from sfpo_lab.model.warmup import base_key
 
 SMALL = ["iterations=1", "val.every=0", "val.limit=16", "val.n=2", "checkpoint.every=0",
          "checkpoint.save_best=false", "data.batch_size=8", "rollout.n=4",

@@ -1,4 +1,4 @@
-"""sfpo_lab.perf: per-stage peak memory (CPU RSS sampled by a thread; CUDA peak per stage)."""
+"""sfpo_lab.run.perf: per-stage peak memory (CPU RSS sampled by a thread; CUDA peak per stage)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import time
 import pytest
 import torch
 
-from sfpo_lab import perf, runtime
-from sfpo_lab.perf import PREFIX, StageMemory, rss_bytes, stage_memory
+from sfpo_lab.run import perf
+from sfpo_lab.run.perf import PREFIX, StageMemory, rss_bytes, stage_memory
+from sfpo_lab.training import runtime
 
 MB = 2**20
 

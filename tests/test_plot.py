@@ -1,4 +1,4 @@
-"""sfpo_lab.plot (curves of one run or a sweep) and sfpo_lab.curves (curves.png during a run)."""
+"""sfpo_lab.run.plot (curves of one run or a sweep) and sfpo_lab.run.curves (curves.png during a run)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sfpo_lab.curves import CurvesCallback
-from sfpo_lab.loggers import KeepingCSVLogger
-from sfpo_lab.plot import default_out, draw, expand, label_runs, load_run, main
+from sfpo_lab.run.curves import CurvesCallback
+from sfpo_lab.run.loggers import KeepingCSVLogger
+from sfpo_lab.run.plot import default_out, draw, expand, label_runs, load_run, main
 
 COLUMNS = ["sfpo/alpha", "sfpo/stop_step", "step", "train/entropy", "train/reward"]
 COLUMNS += ["val/avg", "val/gsm8k/acc", "val/toy/acc"]

@@ -100,7 +100,7 @@ def main(out: str, strategy: str, cache: str) -> None:
     from hydra import compose, initialize_config_dir
 
     from sfpo_lab.config import register_schema, to_run_config
-    from sfpo_lab.runner import train
+    from sfpo_lab.run.runner import train
 
     register_schema()
     overrides = [*RUN, *STRATEGIES[strategy], f"paths.output_dir={out}", f"paths.cache_dir={cache}"]

@@ -12,14 +12,14 @@ from sfpo_lab.config import ConfigError, RunConfig
 from sfpo_lab.data.prompts import check_val_prompts, filter_long_prompts
 from sfpo_lab.data.records import Problem
 from sfpo_lab.data.tokenizer import build_char_tokenizer
-from sfpo_lab.models import tiny_qwen2_config
-from sfpo_lab.parallel import (
+from sfpo_lab.model.build import tiny_qwen2_config
+from sfpo_lab.model.parallel import (
     check_precision,
     compute_dtype,
     lightning_precision,
     mixed_precision_policy,
 )
-from sfpo_lab.runner import preflight, prepare_model
+from sfpo_lab.run.runner import preflight, prepare_model
 
 
 def make_run(tmp_path: Path, **trainer: str) -> RunConfig:
@@ -156,7 +156,7 @@ def test_resume_compares_the_whole_config_except_what_may_change(tmp_path):
     allowed ones (iterations, validation cadence, micro-batch size) do not."""
     from dataclasses import asdict
 
-    from sfpo_lab.preflight import check_resumable
+    from sfpo_lab.run.preflight import check_resumable
 
     saved = RunConfig()
     ckpt = tmp_path / "last.ckpt"

@@ -1,4 +1,4 @@
-"""sfpo_lab.progress.IterationProgressBar: iterations (not epochs), elapsed/remaining, the
+"""sfpo_lab.run.progress.IterationProgressBar: iterations (not epochs), elapsed/remaining, the
 module's progress-bar metrics and the last val/avg — rendered by a real Trainer and Rich."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import rich
 import torch
 from torch.utils.data import DataLoader
 
-from sfpo_lab.progress import IterationProgressBar
+from sfpo_lab.run.progress import IterationProgressBar
 
 
 class _Iterations(L.LightningModule):

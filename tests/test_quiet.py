@@ -1,4 +1,4 @@
-"""sfpo_lab.quiet: each filter drops exactly its notice, on its logger, and keeps the rest."""
+"""sfpo_lab.run.quiet: each filter drops exactly its notice, on its logger, and keeps the rest."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sfpo_lab import quiet
+from sfpo_lab.run import quiet
 
 WEIGHTS_ONLY = "`weights_only` was not set, defaulting to `False`."
 TIP = (

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sfpo_lab.config import RunConfig, TrainerConfig
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.reference import (
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.training.reference import (
     base_identity,
     check_same_base,
     drop_reference_keys,
@@ -70,7 +70,7 @@ def test_reference_copy_is_frozen_in_the_compute_dtype_with_fp32_rope(base):
 
 
 def _module(path, precision: str):
-    from sfpo_lab.module import SFPOModule
+    from sfpo_lab.training.module import SFPOModule
 
     run = RunConfig()
     run = replace(

@@ -147,7 +147,7 @@ def error_text(e: BaseException) -> str:
 @pytest.fixture(scope="module")
 def prev(tmp_path_factory) -> Path:
     """A real run dir with checkpoints (one iteration), for the checkpoint and run-dir rows."""
-    from sfpo_lab.runner import train
+    from sfpo_lab.run.runner import train
 
     d = tmp_path_factory.mktemp("prev")
     GlobalHydra.instance().clear()
@@ -173,7 +173,7 @@ def test_the_table_and_the_tests_list_the_same_cases():
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_fails_fast_with_the_documented_error(case, tmp_path, prev, monkeypatch):
-    from sfpo_lab.runner import train
+    from sfpo_lab.run.runner import train
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     setup = CASES[case][1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from sfpo_lab.loggers import KeepingCSVLogger
+from sfpo_lab.run.loggers import KeepingCSVLogger
 
 
 def logger(d: Path) -> KeepingCSVLogger:

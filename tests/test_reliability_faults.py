@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 import pytest
 
-from sfpo_lab.rundir import disk_fault_line
+from sfpo_lab.run.rundir import disk_fault_line
 from tests.test_reliability_requeue import SMALL
 from tests.test_reliability_resume import _env
 

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from sfpo_lab.config import RunConfig, register_schema, to_run_config
-from sfpo_lab.runner import train
+from sfpo_lab.run.runner import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_schema()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sfpo_lab.rundir import LOCK_FILE
+from sfpo_lab.run.rundir import LOCK_FILE
 from tests.test_reliability_resume import logged_iterations
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_die_with_parent_ends_a_child_started_from_a_worker_thread(tmp_path):
     script = textwrap.dedent(
         """
         import subprocess, threading
-        from sfpo_lab.launcher import die_with_parent
+        from sfpo_lab.run.launcher import die_with_parent
 
         def start():
             child = subprocess.Popen(["sleep", "120"], preexec_fn=die_with_parent(),

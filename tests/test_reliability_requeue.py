@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from sfpo_lab.config import ConfigError, register_schema, to_run_config
-from sfpo_lab.rundir import LOCK_FILE
+from sfpo_lab.run.rundir import LOCK_FILE
 from tests.test_reliability_resume import TINY, _env, finish, metric_rows, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def final_validation(ckpt: Path) -> int | None:
 
 def in_process(run: Path, cache: Path, *extra: str) -> None:
     """``train()`` in this process, as ``train.py`` calls it (a second run into ``run``)."""
-    from sfpo_lab.runner import train
+    from sfpo_lab.run.runner import train
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

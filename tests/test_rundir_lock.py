@@ -1,4 +1,4 @@
-"""The run-dir lock's take-over rules (sfpo_lab/rundir.py), on real lock files."""
+"""The run-dir lock's take-over rules (sfpo_lab/run/rundir.py), on real lock files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sfpo_lab.config import ConfigError
-from sfpo_lab.rundir import LOCK_FILE, RunDirLock
+from sfpo_lab.run.rundir import LOCK_FILE, RunDirLock
 
 
 def _dead_pid() -> int:

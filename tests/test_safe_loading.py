@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from sfpo_lab.checkpoint_safety import UnsafeCheckpoint
 from sfpo_lab.checkpointing import load_full_checkpoint
+from sfpo_lab.checkpointing.safety import UnsafeCheckpoint
 from sfpo_lab.config import ConfigError, RunConfig
 
 
@@ -80,7 +80,7 @@ def test_eval_refuses_a_checkpoint_that_runs_code(evil_file):
 
 
 def test_resume_refuses_a_checkpoint_that_runs_code(evil_file, tmp_path):
-    from sfpo_lab.runner import train
+    from sfpo_lab.run.runner import train
 
     path, marker = evil_file
     run = RunConfig(ckpt_path=str(path))
@@ -120,7 +120,7 @@ def test_sharded_loader_refuses_each_poisoned_pickle(tmp_path, poisoned):
     if poisoned == ".metadata":
         (path / ".metadata").write_bytes(pickle.dumps(evil))
     from sfpo_lab.eval.evaluate import read_checkpoint
-    from sfpo_lab.runner import check_resume_checkpoint
+    from sfpo_lab.run.runner import check_resume_checkpoint
 
     with pytest.raises(UnsafeCheckpoint) as loaded:
         load_full_checkpoint(path)
@@ -153,7 +153,7 @@ def _old_format(path: Path) -> Path:
 
 
 def test_an_old_format_file_needs_trust_or_convert(tmp_path):
-    from sfpo_lab.checkpoint_cli import convert
+    from sfpo_lab.checkpointing.cli import convert
     from sfpo_lab.eval.evaluate import read_checkpoint
 
     old = _old_format(tmp_path / "old.ckpt")
@@ -172,9 +172,9 @@ def test_an_old_format_file_needs_trust_or_convert(tmp_path):
 
 
 def test_trust_checkpoint_lets_the_resume_checks_read_an_old_file(tmp_path):
-    from sfpo_lab.checkpoint_safety import trusted
     from sfpo_lab.checkpointing import checkpoint_meta
-    from sfpo_lab.runner import check_resume_checkpoint
+    from sfpo_lab.checkpointing.safety import trusted
+    from sfpo_lab.run.runner import check_resume_checkpoint
 
     old = _old_format(tmp_path / "old.ckpt")
     with pytest.raises(ConfigError, match="trust_checkpoint=true"):
@@ -189,8 +189,8 @@ def test_trust_checkpoint_lets_the_resume_checks_read_an_old_file(tmp_path):
 def test_export_writes_a_pickle_free_hf_directory(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from sfpo_lab.checkpoint_cli import export
-    from sfpo_lab.checkpoint_integrity import save_file
+    from sfpo_lab.checkpointing.cli import export
+    from sfpo_lab.checkpointing.integrity import save_file
     from tests.integrations import _tiny_trl as T
 
     base = tmp_path / "base"

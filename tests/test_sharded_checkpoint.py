@@ -27,7 +27,7 @@ from sfpo_lab.checkpointing import (
     load_full_checkpoint,
 )
 from sfpo_lab.config import CheckpointConfig, ConfigError, RunConfig, TrainerConfig
-from sfpo_lab.parallel import checkpoint_format
+from sfpo_lab.model.parallel import checkpoint_format
 from tests.test_checkpointing import _ScriptedValidation
 
 
@@ -207,7 +207,7 @@ def test_resume_checks_read_a_sharded_directory(tmp_path):
     """check_resumable and the iteration read take the meta.pt of a directory (no tensors)."""
     from dataclasses import asdict
 
-    from sfpo_lab.runner import _checkpoint_iteration, check_resumable
+    from sfpo_lab.run.runner import _checkpoint_iteration, check_resumable
 
     run = _run("fsdp", None)
     ckpt = tmp_path / "iter-000003.ckpt"

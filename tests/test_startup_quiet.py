@@ -53,7 +53,7 @@ def test_no_loading_bar_or_wandb_footer_unless_verbose(tmp_path):
 
 
 def _wandb_init_kwargs(tmp_path: Path, **extra) -> dict:
-    from sfpo_lab.loggers import build_loggers
+    from sfpo_lab.run.loggers import build_loggers
 
     cfg = {
         "_target_": "lightning.pytorch.loggers.WandbLogger",
@@ -79,7 +79,7 @@ def test_wandb_is_quiet_unless_verbose_and_configured_settings_win(tmp_path, mon
 def test_transformers_bars_disabled_unless_verbose(monkeypatch, value, verbose):
     from transformers.utils import logging as hf_logging
 
-    from sfpo_lab import quiet
+    from sfpo_lab.run import quiet
 
     monkeypatch.setenv("SFPO_VERBOSE", value)
     try:

@@ -25,7 +25,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_com
 import sweeps  # make setup: pip install --no-deps sweeps jsonref (no silent skip)
 from analysis.identity import effective_config, identity
 from sfpo_lab.config import register_schema, to_run_config
-from sfpo_lab.loggers import wandb_mode
+from sfpo_lab.run.loggers import wandb_mode
 from sweeps import RunState, SweepRun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,7 +250,7 @@ def test_multirun_summary_lists_every_batch_of_a_batched_sweeper(tmp_path, monke
     (initial_job_idx = the first job's number); multirun_summary.csv keeps every batch."""
     import csv
 
-    from sfpo_lab.launcher import MULTIRUN_SUMMARY_FILE, TorchrunLauncherBase, job_row
+    from sfpo_lab.run.launcher import MULTIRUN_SUMMARY_FILE, TorchrunLauncherBase, job_row
 
     launcher = TorchrunLauncherBase()
     sweep = {"dir": str(tmp_path)}

@@ -11,7 +11,7 @@ import math
 import torch
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
-from sfpo_lab.module import SFPOModule
+from sfpo_lab.training.module import SFPOModule
 from tests.algos._problem import closure_for, make_batches, make_optimizer, make_params
 
 ENTROPY = [1.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0]  # the spike at the 5th iteration fires

@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sfpo_lab.config import RunConfig, UpdateConfig
-from sfpo_lab.experience import response_logprobs
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.stages import UpdatePass
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.training.experience import response_logprobs
+from sfpo_lab.training.stages import UpdatePass
 from tests.dist_utils import free_port
 from tests.test_packing import VOCAB, make_experience
 
@@ -253,7 +253,7 @@ def test_old_logprobs_from_the_pass_are_refused_with_several_mini_batches():
 
 
 def blocker(model=None, engine_logprobs=False, alpha=0.8, K=3, **update):
-    from sfpo_lab.stages import fusion_blocker
+    from sfpo_lab.training.stages import fusion_blocker
 
     run = RunConfig()
     run = replace(run, update=replace(run.update, **update))

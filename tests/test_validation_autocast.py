@@ -84,7 +84,7 @@ def test_validation_generates_in_the_rollouts_compute_dtype(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from sfpo_lab.config import register_schema, to_run_config
-    from sfpo_lab.runner import train
+    from sfpo_lab.run.runner import train
 
     register_schema()
     paths = [f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sfpo_lab import warmup
 from sfpo_lab.config import RunConfig
+from sfpo_lab.model import warmup
 
 
 def _tiny_run(cache: Path) -> RunConfig:

@@ -119,7 +119,7 @@ def check_settings(cfg: DictConfig) -> None:
         )
     model = str(cfg.model)
     if model != TOY and conf_model(model) is None:
-        from sfpo_lab.models import is_plausible_hub_id
+        from sfpo_lab.model.build import is_plausible_hub_id
 
         path = Path(model).expanduser()
         looks_local = model.startswith((".", "/", "~")) or path.exists()
@@ -172,7 +172,7 @@ def load_problem_sets(
     sets: dict[str, list[Problem]] = {}
     for name in _benchmark_names(cfg):
         if name == TOY:
-            from sfpo_lab.warmup import toy_task
+            from sfpo_lab.model.warmup import toy_task
 
             sets[name] = toy_task(_toy_run(cfg, run)).heldout(limit)
         else:
@@ -205,11 +205,11 @@ def model_source(cfg: DictConfig, run: Any | None = None) -> str:
     if named is not None:
         source = named
     elif source == TOY:
-        from sfpo_lab.warmup import toy_base_model
+        from sfpo_lab.model.warmup import toy_base_model
 
         source = str(toy_base_model(_toy_run(cfg, run)))
     elif run is not None and run.model.gguf is not None:
-        from sfpo_lab.models import materialize_gguf
+        from sfpo_lab.model.build import materialize_gguf
 
         source = str(materialize_gguf(run.model.gguf, Path(str(cfg.cache_dir)) / "models"))
     return source
@@ -262,18 +262,18 @@ def load_model(cfg: DictConfig, source: str, extra: dict[str, Any] | None = None
     import torch
 
     from sfpo_lab.eval.evaluate import load_policy_weights
-    from sfpo_lab.models import build_causal_lm
+    from sfpo_lab.model.build import build_causal_lm
 
     extra = extra or {}
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     dtype = cfg.dtype
     if dtype == "auto" and extra.get("run") is not None:
-        from sfpo_lab.parallel import compute_dtype
+        from sfpo_lab.model.parallel import compute_dtype
 
         dtype = str(compute_dtype(extra["run"])).removeprefix("torch.")
     elif dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
-    from sfpo_lab.attention import configure_sdpa_backends, missing_attn_package
+    from sfpo_lab.model.attention import configure_sdpa_backends, missing_attn_package
 
     # a run's attention settings on CUDA (its flash kernel needs a GPU); else the pad-safe sdpa
     run_cfg = extra.get("run")
@@ -379,7 +379,7 @@ register_config()
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from sfpo_lab import quiet
+    from sfpo_lab.run import quiet
 
     quiet.install()  # known-harmless library notices, filtered at their loggers
     try:
@@ -391,7 +391,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from sfpo_lab.project import setup_root
+    from sfpo_lab.run.project import setup_root
 
     setup_root()  # cache_dir: <project root>/.cache from any working directory
     main()

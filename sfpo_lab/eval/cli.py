@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sfpo_lab.rundir import created_by_this_launch, remove_if_empty
+from sfpo_lab.run.rundir import created_by_this_launch, remove_if_empty
 
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*)(#\s?(?P<note>.*))?$")
 

@@ -38,7 +38,7 @@ def conf_model_source(name: str, cache_dir: str) -> str | None:
     if block is None:
         return None
     if block.get("gguf"):
-        from sfpo_lab.models import materialize_gguf
+        from sfpo_lab.model.build import materialize_gguf
 
         return str(materialize_gguf(str(block["gguf"]), Path(cache_dir) / "models"))
     if block.get("name_or_path"):

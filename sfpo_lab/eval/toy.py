@@ -48,7 +48,7 @@ def toy_run(cache_dir: str, warmup_steps: int | None = None, run: Any | None = N
     (its base where the run cached it, else under ``cache_dir``), or without a run the default
     training run's, with ``warmup_steps`` (``toy_warmup_steps=``) when given."""
     if run is not None:
-        from sfpo_lab.warmup import base_key
+        from sfpo_lab.model.warmup import base_key
 
         run = copy.deepcopy(run)
         if (Path(run.paths.cache_dir) / "toy_base" / base_key(run) / "config.json").exists():

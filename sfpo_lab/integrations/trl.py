@@ -39,7 +39,7 @@ from transformers import Trainer, TrainerCallback
 from trl import GRPOTrainer
 
 from sfpo_lab.algos import SFPO, EntropyTrigger
-from sfpo_lab.config_algo import EntropyControlConfig, SFPOConfig
+from sfpo_lab.config.algo import EntropyControlConfig, SFPOConfig
 from sfpo_lab.integrations.trl_checks import (
     check_args,
     check_versions,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sfpo_lab.config_algo import SFPOConfig
+from sfpo_lab.config.algo import SFPOConfig
 from sfpo_lab.integrations.trl_vllm import check_vllm_args
 
 # the TRL releases this adapter was run against (tests/integrations, CPU); pyproject's `trl`

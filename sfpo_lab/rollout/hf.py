@@ -139,7 +139,7 @@ class HFEngine:
         dtype: str | torch.dtype = "float32",
     ) -> HFEngine:
         """An engine owning a fresh (randomly initialised) copy; fill it with ``push_full_weights``."""
-        from sfpo_lab.models import build_causal_lm
+        from sfpo_lab.model.build import build_causal_lm
 
         with torch.device(device):
             model = build_causal_lm(config, dtype=dtype)

@@ -64,7 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sfpo_lab.models import resolve_dtype
+from sfpo_lab.model.build import resolve_dtype
 from sfpo_lab.rollout.base import RolloutBatch, SamplingParams, derive_seed
 from sfpo_lab.rollout.sync import TensorSource, WeightSource
 from sfpo_lab.rollout.tp import gather_tp_group, tp_subgroup
@@ -85,7 +85,7 @@ from sfpo_lab.rollout.vllm_memory import (
     live_cumem_allocator,
     sleep_level_for,
 )
-from sfpo_lab.runtime import rng_state, set_rng_state
+from sfpo_lab.training.runtime import rng_state, set_rng_state
 
 _SEED_MOD = 2**63  # torch.manual_seed takes a 64-bit seed
 

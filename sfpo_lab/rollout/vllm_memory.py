@@ -14,7 +14,7 @@ sleep_mode_backend.py``, ``vllm/v1/worker/gpu_worker.py``) and torch 2.13
   not fall (vLLM issues 17117, 33625); only ``mem_get_info()``'s free bytes rise.
 * :func:`cumem_pool_bytes` is the part of ``memory_allocated()`` that lives in those pools (the
   ``allocated_size`` of each pool segment in ``MemPool.snapshot()``): what
-  :mod:`sfpo_lab.perf` subtracts to report the trainer's memory.
+  :mod:`sfpo_lab.run.perf` subtracts to report the trainer's memory.
 
 The engine's states (:class:`SleepState`); transitions in ``VLLMEngine._prepare`` (before a
 generation) and ``VLLMEngine._sleep`` (after one):

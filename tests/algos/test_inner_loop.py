@@ -13,9 +13,14 @@ import torch
 
 from sfpo_lab.algos import SFPO
 from sfpo_lab.config import ConfigError, OptimConfig, RunConfig, SFPOConfig, UpdateConfig
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
-from sfpo_lab.module import lr_factor, phase_metrics, scheduler_steps_per_batch, sfpo_iteration
-from sfpo_lab.stages import UpdatePass, recompute_old_logprobs
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.training.module import (
+    lr_factor,
+    phase_metrics,
+    scheduler_steps_per_batch,
+    sfpo_iteration,
+)
+from sfpo_lab.training.stages import UpdatePass, recompute_old_logprobs
 from tests.test_packing import VOCAB, make_experience
 
 from ._problem import (

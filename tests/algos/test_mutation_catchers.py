@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sfpo_lab.config import RunConfig, UpdateConfig
-from sfpo_lab.experience import response_logits, response_logprobs
-from sfpo_lab.stages import UpdatePass
+from sfpo_lab.training.experience import response_logits, response_logprobs
+from sfpo_lab.training.stages import UpdatePass
 from tests.test_packing import make_experience
 from tests.test_update_pass import Host, make_model
 

@@ -17,7 +17,7 @@ from sfpo_lab.data.prompts import (
 )
 from sfpo_lab.data.records import Problem
 from sfpo_lab.data.tokenizer import build_char_tokenizer
-from sfpo_lab.models import tiny_qwen2_config
+from sfpo_lab.model.build import tiny_qwen2_config
 
 CHAT = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"

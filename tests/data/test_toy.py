@@ -159,7 +159,7 @@ def test_the_configured_split_reaches_the_training_and_held_out_sets():
 
     from sfpo_lab.config import register_schema, to_run_config
     from sfpo_lab.data.toy import terms_key
-    from sfpo_lab.warmup import base_key, toy_task
+    from sfpo_lab.model.warmup import base_key, toy_task
 
     register_schema()
     conf = Path(__file__).resolve().parents[2] / "conf"

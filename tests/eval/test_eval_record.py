@@ -26,7 +26,7 @@ from sfpo_lab.eval.__main__ import (
     run,
 )
 from sfpo_lab.eval.record import check_out, evaluated
-from sfpo_lab.warmup import base_key, toy_task
+from sfpo_lab.model.warmup import base_key, toy_task
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -26,10 +26,10 @@ from sfpo_lab.eval.__main__ import (
 from sfpo_lab.eval.benchmarks import PAPER_BENCHMARKS, load_benchmark
 from sfpo_lab.eval.evaluate import evaluate, load_policy_weights, pass_ks, write_outputs
 from sfpo_lab.eval.metrics import avg_at_k, bootstrap_ci, maj_at_k, mean_pass_at_k
-from sfpo_lab.models import build_causal_lm
+from sfpo_lab.model.build import build_causal_lm
+from sfpo_lab.model.warmup import toy_base_model
 from sfpo_lab.rewards.verify import Grade
 from sfpo_lab.rollout.base import SamplingParams
-from sfpo_lab.warmup import toy_base_model
 
 WARMUP_STEPS = 5  # a barely trained base: these tests check plumbing, not accuracy
 N, LIMIT = 2, 3

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from sfpo_lab.data.tokenizer import build_char_tokenizer
-from sfpo_lab.models import tiny_qwen2_config
+from sfpo_lab.model.build import tiny_qwen2_config
 
 PROMPTS = ["1+1=", "2+3=", "4+4=", "7-2=", "9-9=", "3+5=", "6-1=", "8+0="]
 

@@ -14,7 +14,7 @@ pytest.importorskip("trl")
 from trl import GRPOTrainer  # noqa: E402
 
 from sfpo_lab.algos import SFPO  # noqa: E402
-from sfpo_lab.config_algo import ConfigError  # noqa: E402
+from sfpo_lab.config.algo import ConfigError  # noqa: E402
 from sfpo_lab.integrations.trl import SFPOGRPOTrainer  # noqa: E402
 
 from . import _tiny_trl as T  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from sfpo_lab.models import tiny_qwen2_config
+from sfpo_lab.model.build import tiny_qwen2_config
 from tests.integrations import _tiny_trl as T
 
 NEW_TOKENS = 6

@@ -40,7 +40,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "trainer_loss_sign",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "        loss = pg_loss\n",
         "        loss = -pg_loss\n",
         (f"{CATCHERS}::test_update_pass_gradient_is_the_hand_assembled_grpo_gradient",),
@@ -56,7 +56,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "dp_size_times_2",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         '            "dp_size": world,\n',
         '            "dp_size": 2 * world,\n',
         (f"{CATCHERS}::test_update_pass_gradient_is_the_hand_assembled_grpo_gradient",),
@@ -64,7 +64,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "dp_size_ignored",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         '            "dp_size": world,\n',
         '            "dp_size": 1,\n',
         (f"{EQUIV}::test_one_update_is_the_same_on_1_process_ddp_and_fsdp2[ddp]",),
@@ -72,7 +72,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "token_denominator_local",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         '            "batch_num_tokens": _sum(m, mask.sum()),\n',
         '            "batch_num_tokens": mask.sum(),\n',
         (
@@ -98,7 +98,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "old_logprobs_recomputed_each_pass",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "            old,\n",
         "            logprobs.detach(),\n",
         (f"{CATCHERS}::test_update_pass_gradient_is_the_hand_assembled_grpo_gradient",),
@@ -116,7 +116,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "update_mask_shifted",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "        mask = micro.response_mask\n",
         "        mask = micro.response_mask.roll(1, -1)\n",
         (f"{CATCHERS}::test_update_pass_gradient_is_the_hand_assembled_grpo_gradient",),
@@ -169,7 +169,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ---- one per term of the update (issue 29): each caught by the independent reference
     Mutation(
         "entropy_bonus_sign",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "            loss = loss - lc.entropy_coeff * ent\n",
         "            loss = loss + lc.entropy_coeff * ent\n",
         (f"{REF}::test_each_setting_alone_equals_the_reference[entropy_coeff-padded]",),
@@ -177,7 +177,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "entropy_coeff_dropped",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "            loss = loss - lc.entropy_coeff * ent\n",
         "            loss = loss - ent\n",
         (f"{REF}::test_each_setting_alone_equals_the_reference[entropy_coeff-padded]",),
@@ -185,7 +185,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kl_term_sign",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "            loss = loss + lc.kl_coef * kl\n",
         "            loss = loss - lc.kl_coef * kl\n",
         (f"{REF}::test_each_setting_alone_equals_the_reference[kl_k3-padded]",),
@@ -193,7 +193,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kl_coef_dropped",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "            loss = loss + lc.kl_coef * kl\n",
         "            loss = loss + kl\n",
         (f"{REF}::test_each_setting_alone_equals_the_reference[kl_k3-padded]",),
@@ -265,7 +265,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fused_old_logprobs_refilled_after_step",
-        "sfpo_lab/stages.py",
+        "sfpo_lab/training/stages.py",
         "            exp.old_logprobs, entropy = self._theta0\n",
         "            _, entropy = self._theta0\n",
         (f"{PASS}::test_old_logprobs_from_the_first_pass_equal_the_separate_no_grad_pass[padded]",),
@@ -274,7 +274,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fused_old_logprobs_despite_dropout",
-        "sfpo_lab/experience.py",
+        "sfpo_lab/training/experience.py",
         "    if not model.training:\n        return False\n",
         "    if model.training:\n        return False\n",
         (f"{PASS}::test_the_fused_old_logprobs_are_used_only_where_exact",),

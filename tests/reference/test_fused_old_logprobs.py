@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sfpo_lab.stages import UpdatePass
+from sfpo_lab.training.stages import UpdatePass
 from tests.reference.test_update_reference import (
     ALL_TOGETHER,
     PATHS,

@@ -5,7 +5,7 @@ RL math: full-vocabulary ``log_softmax(logits / T)`` of a plain padded forward (
 ``logits_to_keep``, no chunking, no packing, no fused head), the clipped ratio against the old
 log-probs with both bounds and the dual clip, each aggregation mode over the whole mini-batch,
 the entropy bonus, each KL kind (and its straight-through ``+`` variant), the constant loss
-scale, mini-batches. The project's :class:`~sfpo_lab.stages.UpdatePass` runs the same batch
+scale, mini-batches. The project's :class:`~sfpo_lab.training.stages.UpdatePass` runs the same batch
 through the padded, packed and fused paths; its loss, every logged statistic and the gradient
 of every optimizer step must equal the reference's (fp32: statistics within 1e-6 relative,
 gradients within 1e-6 absolute), first with each setting that changes the update switched on alone, then all
@@ -26,8 +26,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from sfpo_lab.config import RunConfig
-from sfpo_lab.experience import Experience, response_logprobs
-from sfpo_lab.stages import UpdatePass
+from sfpo_lab.training.experience import Experience, response_logprobs
+from sfpo_lab.training.stages import UpdatePass
 
 VOCAB, P, R = 23, 6, 7
 PROMPT_LENS = [2, 5, 1, 3, 4, 2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
 from sfpo_lab.rollout import RolloutBatch
 
 VOCAB, PAD, EOS = 32, 0, 1

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from sfpo_lab.models import build_causal_lm, tiny_qwen2_config
+from sfpo_lab.model.build import build_causal_lm, tiny_qwen2_config
 from tests.doubles.cumem import FakeCuMemAllocator, start_engine, suspend
 
 SLEEP_TAGS = {"weights", "kv_cache"}

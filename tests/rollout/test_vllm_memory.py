@@ -15,9 +15,9 @@ from fake_vllm import EOS, FAKE_VLLM, PAD, FakeLLM, FakeSamplingParams
 from fake_vllm import tiny_model as make_vllm_model
 
 import sfpo_lab.rollout.vllm as vllm_mod
-from sfpo_lab import perf
-from sfpo_lab.perf import PREFIX, StageMemory
 from sfpo_lab.rollout import SamplingParams, VLLMEngine, module_weights
+from sfpo_lab.run import perf
+from sfpo_lab.run.perf import PREFIX, StageMemory
 from tests.doubles.cumem import FakeCuda, FakeCuMemAllocator, GiB
 
 PROMPTS = [[5, 6, 7], [2, 3, 4, 5, 9, 8], [11], [20, 21, 22, 23]]

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from sfpo_lab.config import ConfigError, register_schema, to_run_config
-from sfpo_lab.experience import old_logprobs_policy
+from sfpo_lab.training.experience import old_logprobs_policy
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register_schema()
@@ -66,7 +66,7 @@ def test_engine_logprobs_refused_with_a_truncated_sampler(filtered):
 
 
 def test_preflight_names_rollout_vllm_and_the_install_route(tmp_path, monkeypatch):
-    from sfpo_lab.runner import preflight
+    from sfpo_lab.run.runner import preflight
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vllm sees
     with pytest.raises(ConfigError) as err:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sfpo_lab.models import decoder_layer_classes
+from sfpo_lab.model.build import decoder_layer_classes
 from sfpo_lab.rollout import (
     HFEngine,
     SamplingParams,
