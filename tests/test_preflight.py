@@ -168,3 +168,22 @@ def test_resume_compares_the_whole_config_except_what_may_change(tmp_path):
     other.data.toy.max_operand = 8
     with pytest.raises(ConfigError, match=r"data\.toy\.max_operand=29, this run has .*=8"):
         check_resumable(other, str(ckpt))
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_under_its_old_value(tmp_path):
+    """A checkpoint written before data.toy.split existed (no such key in its config) resumes
+    under split=text, the only split there was, and is refused under split=terms (review: every
+    pre-split checkpoint was refused with "made with data.toy.split=None")."""
+    from dataclasses import asdict
+
+    from sfpo_lab.run.preflight import check_resumable
+
+    saved = asdict(RunConfig())
+    del saved["data"]["toy"]["split"]
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"sfpo_counters": {"iteration": 2}, "sfpo_config": {"run": saved}}, ckpt)
+    check_resumable(RunConfig(), str(ckpt))
+    other = RunConfig()
+    other.data.toy.split = "terms"
+    with pytest.raises(ConfigError, match=r"data\.toy\.split='text', this run has .*='terms'"):
+        check_resumable(other, str(ckpt))

@@ -226,6 +226,12 @@ equal the checkpoint's (the method, the data and task, the base, the validation 
 curve), or the resume is refused before anything is written."""
 
 
+ADDED_SETTINGS: dict[str, Any] = {"data.toy.split": "text"}
+"""Settings added after checkpoints were already written, each with the value every run had
+before it existed: a checkpoint that lacks one compares as that value (a pre-split toy run
+resumes under ``split=text``; under ``split=terms`` it is refused like any other change)."""
+
+
 def _may_change(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
@@ -267,6 +273,8 @@ def _differences(a: Any, b: Any, key: str) -> list[tuple[str, Any, Any]]:
         for k in sorted(set(a) | set(b), key=str):
             out += _differences(a.get(k), b.get(k), f"{key}.{k}")
         return out
+    if a is None and key in ADDED_SETTINGS:  # the checkpoint predates the setting
+        a = ADDED_SETTINGS[key]
     return [] if a == b else [(key, a, b)]
 
 
