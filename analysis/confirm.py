@@ -15,8 +15,10 @@ and sha256 of this file, and this analysis refuses to run when either differs):
   rollout ratio A / B to the plan's fixed threshold on smoothed seed-mean curves, with a
   paired bootstrap (10,000 resamples, fixed seed); B - A accuracy at batch 50 (paired t).
 
-Every arm's runs are read, none excluded: a run that matches no arm, or an arm whose runs
-differ in settings, stops the analysis; a missing or unfinished run is listed in the output.
+Every run read must be the registered run of a plan arm (the confirmation's experiment, the
+registered settings, the arm's method and lr: :data:`REGISTERED` ``runs``), else the analysis
+stops naming the run and the setting; so does an arm whose runs differ in settings. Runs of
+seeds outside the plan are left out and listed; a missing or unfinished run is listed.
 Outputs: ``confirm.json`` (the ``confirm`` block: per registered statistic ``{mean, ci_lo,
 ci_hi, n_seeds, p}``, for ``summary.json``), ``confirm_per_seed.csv`` and ``confirm.md``.
 """
@@ -71,7 +73,22 @@ REGISTERED: dict[str, Any] = {
     "steps": [5, 50],
     "val_every": 5,
     "bootstrap": {"resamples": 10000, "seed": 2027},
+    # every run read must be one of the plan's (extras.experiment; effective-config leaves,
+    # analysis.identity; the trigger as configured); `sfpo` leaves where alpha > 0
+    "runs": {
+        "experiments": ["confirm", "confirm_step"],
+        "settings": {
+            "data.toy.split": "terms",
+            "iterations": 50,
+            "val.limit": 500,
+            "val.n": 4,
+            "val.every": 5,
+            "sfpo.entropy_control.enabled": False,
+        },  # fmt: skip
+        "sfpo": {"sfpo.K": 3, "sfpo.slow_correction": True},
+    },
 }
+_METHOD = {"grpo": "GRPO", "sfpo": "SFPO", "grpo_mu": "GRPO-μ"}  # an arm's algorithm= -> method
 
 
 class Refused(ValueError):
@@ -96,17 +113,39 @@ def load_plan(path: Path = PLAN, check_digest: bool = True) -> dict[str, Any]:
     return plan
 
 
-def assign_arms(df: pd.DataFrame, arms: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Tidy run rows (analysis.runs) -> with an ``arm`` column, by (sfpo.alpha, optim.lr).
-    A run that matches no arm, or an arm holding two settings, is refused."""
+def registered_settings(arm: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """What a run of ``arm`` (a plan arm) must have: its experiment and method (from the arm's
+    overrides) and the registered settings (:data:`REGISTERED` ``runs``)."""
+    over = dict(o.split("=", 1) for o in arm["overrides"])
+    reg = REGISTERED["runs"]
+    want = {"experiment": over["experiment"].rsplit("/", 1)[-1], "method": _METHOD[over["algorithm"]]}  # fmt: skip
+    return want | reg["settings"] | (reg["sfpo"] if alpha > 0 else {})
+
+
+def check_run(run: Any, arms: dict[str, dict[str, Any]]) -> str:
+    """The plan arm of one run row (analysis.runs columns); :class:`Refused` (naming the run
+    and the setting) unless it is the registered run of that arm."""
+    if run.experiment not in REGISTERED["runs"]["experiments"]:
+        raise Refused(f"{run.run_id}: extras.experiment={run.experiment!r} is not the confirmation's (confirm, confirm_step)")  # fmt: skip
+    hits = [a for a, s in arms.items() if math.isclose(run.alpha, s["alpha"]) and math.isclose(run.lr, s["lr"], rel_tol=1e-6)]  # fmt: skip
+    if len(hits) != 1:
+        raise Refused(f"{run.run_id}: alpha={run.alpha:g}, lr={run.lr:g} is no arm of the plan")
+    have = json.loads(run.config) | {"experiment": run.experiment, "method": run.method,
+                                     "sfpo.entropy_control.enabled": bool(run.ec)}  # fmt: skip
+    for key, value in registered_settings(arms[hits[0]], run.alpha).items():
+        if have.get(key, "<absent>") != value:
+            raise Refused(f"{run.run_id}: {key}={have.get(key, '<absent>')!r}, arm {hits[0]} registers {value!r}")  # fmt: skip
+    return hits[0]
+
+
+def assign_arms(df: pd.DataFrame, plan: dict[str, Any]) -> pd.DataFrame:
+    """Tidy run rows (analysis.runs) -> the runs of the plan's seeds, with an ``arm`` column
+    (by sfpo.alpha, optim.lr). Every run read, of any seed, must be the registered run of its
+    arm (:func:`check_run`); an arm holding two settings or two runs of one seed is refused."""
     runs = df.drop_duplicates("run_id")
-    arm_of = {}
-    for run_id, alpha, lr in zip(runs["run_id"], runs["alpha"], runs["lr"], strict=True):
-        hits = [a for a, s in arms.items() if math.isclose(alpha, s["alpha"]) and math.isclose(lr, s["lr"], rel_tol=1e-6)]  # fmt: skip
-        if len(hits) != 1:
-            raise Refused(f"{run_id}: alpha={alpha:g}, lr={lr:g} is no arm of the plan")
-        arm_of[run_id] = hits[0]
+    arm_of = {run.run_id: check_run(run, plan["arms"]) for run in runs.itertuples(index=False)}
     out = df.assign(arm=df["run_id"].map(arm_of))
+    out = out[out["seed"].isin(plan["seeds"])]
     for arm, g in out.drop_duplicates("run_id").groupby("arm"):
         if g["identity"].nunique() > 1:
             raise Refused(f"arm {arm}: its runs differ in settings ({g['run_id'].tolist()[:4]})")
@@ -172,12 +211,13 @@ def crossing(curve: pd.Series, threshold: float) -> float:
 
 def _ratios(curves: dict[str, np.ndarray], steps: np.ndarray, idx: np.ndarray, thr: float) -> np.ndarray:  # fmt: skip
     """A's cost over B's for each row of seed indices ``idx`` (resamples x seeds): NaN when
-    neither reaches ``thr``, 0 when only A does, inf when only B does."""
+    neither reaches ``thr``, 1 when both cost the same (both at step 0 included), 0 when only
+    A does, inf when only B does or B costs 0 and A more."""
     cost = {a: crossings(smooth3(m[idx].mean(axis=1)), steps, thr) for a, m in curves.items()}
     a, b = cost["A"], cost["B"]
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(a == b, 1.0, a / b)
-    return np.where(np.isinf(a) & np.isinf(b), np.nan, np.where(b == 0, np.inf, r))
+        r = np.where(b == 0, np.inf, a / np.where(b == 0, 1.0, b))
+    return np.where(np.isinf(a) & np.isinf(b), np.nan, np.where(a == b, 1.0, r))
 
 
 def rollout_ratio(df: pd.DataFrame, threshold: float, resamples: int, seed: int) -> dict[str, Any]:
@@ -217,8 +257,9 @@ def analyse(df: pd.DataFrame, plan: dict[str, Any], primary: str | None = None) 
     name = REGISTERED["primary"]["name"]
     if primary not in (None, name):
         raise Refused(f"primary statistic {primary!r} refused: the registered primary is {name!r}")
-    df = assign_arms(df, plan["arms"])
-    seeds = per_seed(df)
+    arms = assign_arms(df, plan)
+    left_out = sorted(set(df["run_id"]) - set(arms["run_id"]))
+    df, seeds = arms, per_seed(arms)
     block: dict[str, Any] = {}
     prim, d = paired(seeds, "mean_acc_5_50", "B", "A")
     prim["wilcoxon_p"] = float(sps.wilcoxon(d).pvalue) if len(d) > 1 and np.any(d != 0) else None
@@ -237,6 +278,7 @@ def analyse(df: pd.DataFrame, plan: dict[str, Any], primary: str | None = None) 
     planned = {(a, s) for a in plan["arms"] for s in plan["seeds"]}
     have = {(a, s) for a, s, v in zip(seeds["arm"], seeds["seed"], seeds["mean_acc_5_50"], strict=True) if not math.isnan(v)}  # fmt: skip
     block["missing_runs"] = sorted(f"{a}_s{s}" for a, s in planned - have)
+    block["left_out_seed_not_in_plan"] = left_out
     block["arm_means"] = {a: paired_mean(seeds, a) for a in sorted(plan["arms"])}
     block["reading"] = reading(block)
     return {"confirm": block, "per_seed": seeds}
@@ -295,12 +337,14 @@ def markdown(block: dict[str, Any], plan: dict[str, Any]) -> str:
             rows.append(f"| {key} | {f(st['mean'])} | {ci} | {st['n_seeds']} | {p} | {f(st.get('p_holm'), '.3g')} |")  # fmt: skip
     means = ", ".join(f"{a} {f(m['mean'], '.2f')} (n={m['n_seeds']})" for a, m in block["arm_means"].items())  # fmt: skip
     missing = ", ".join(block["missing_runs"]) or "none"
+    left_out = ", ".join(block["left_out_seed_not_in_plan"]) or "none"
     return "\n".join([
         f"# Confirmation (plan: analysis/confirm_plan.yaml, analysis commit {plan['analysis']['commit']})",  # fmt: skip
         "", *rows, "",
         f"Per-arm mean held-out accuracy over steps 5-50 (%): {means}.",
         f"Primary success (CI lower bound > 0): {block[REGISTERED['primary']['name']]['success']}.",
-        f"Reading: {block['reading']}.", f"Missing or unfinished runs: {missing}.", "",
+        f"Reading: {block['reading']}.", f"Missing or unfinished runs: {missing}.",
+        f"Left out (seed not in the plan): {left_out}.", "",
     ])  # fmt: skip
 
 
@@ -335,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.split_sizes:
         print(split_sizes())
         return 0
+    from analysis.identity import MixedRuns
     from analysis.runs import discover, incomplete_runs
 
     try:
@@ -346,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         partial = set(incomplete_runs(df))
         result = analyse(df[~df["run_id"].isin(partial)], plan, args.primary)
-    except Refused as e:
+    except (Refused, MixedRuns) as e:
         print(f"confirm: REFUSED — {e}")
         return 2
     for path in write(result, plan, args.out or REPO / "paper_figures"):

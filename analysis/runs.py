@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis.identity import config_json, effective_config, identity
+from analysis.identity import MixedRuns, config_json, effective_config, identity
 
 RUN_COLUMNS = [
     "run_id",
@@ -202,9 +202,17 @@ def name_lr(df: pd.DataFrame) -> pd.DataFrame:
     """Runs read together with more than one ``optim.lr``: every label names its lr
     (``GRPO(lr=3e-4)``, ``SFPO(K=3, α=0.8, lr=8.8e-5)``), so two arms that differ only in the
     learning rate are two curves, neither pooled nor refused as mixed settings. With one lr
-    the labels stay as they are (the committed outputs do not change)."""
+    the labels stay as they are (the committed outputs do not change). Two lrs that
+    :func:`lr_text` renders alike (``1e-4``, ``1.004e-4``) are :class:`MixedRuns`."""
     if df.empty or df["lr"].nunique() <= 1:
         return df
+    shown: dict[str, float] = {}
+    for lr in sorted(map(float, df["lr"].unique())):
+        if (other := shown.setdefault(lr_text(lr), lr)) != lr:
+            raise MixedRuns(
+                f"optim.lr={other!r} and optim.lr={lr!r} both read lr={lr_text(lr)}: runs of two "
+                "learning rates would share a label and be pooled (pass runs of one of them)"
+            )
     named = [
         label
         if "lr=" in label  # already named (frames read together twice)

@@ -137,3 +137,21 @@ def test_a_run_on_data_files_loads_without_its_paths(
     assert set(here["identity"]) == set(elsewhere["identity"])
     config = json.loads(here["config"].iloc[0])
     assert config["data.train_files"] == ["<paths.data_dir>/train/dapo_math_train.parquet"]
+
+
+def test_two_lrs_that_read_alike_are_refused_not_pooled(tmp_path: Path) -> None:
+    """lr labels keep 3 significant digits: 1e-4 and 1.004e-4 would both read ``lr=1e-4`` and
+    be pooled as one curve (identity's pooling check skips optim.lr when labels name it)."""
+    from analysis.identity import MixedRuns
+
+    for name, lr in (("a", 1e-4), ("b", 1.004e-4), ("c", 3e-4)):
+        write_run(tmp_path / name, "exp", seed=0, settings={"optim.lr": lr})
+    with pytest.raises(
+        MixedRuns, match=r"optim.lr=0.0001 and optim.lr=0.0001004 both read lr=1e-4"
+    ):
+        discover([tmp_path])
+    (tmp_path / "b" / "metrics.csv").unlink()  # 1e-4 and 3e-4: named apart
+    assert set(discover([tmp_path])["label"]) == {
+        "SFPO(K=3, α=0.8, lr=1e-4)",
+        "SFPO(K=3, α=0.8, lr=3e-4)",
+    }
