@@ -69,6 +69,7 @@ def test_grpo_is_alpha_zero():
         ("loss.policy_loss=dapo", "loss.policy_loss='dapo'"),
         ("loss.clip_c=1.0", "loss.clip_c"),
         ("model.sfpo_alpha=0", "model.sfpo_alpha"),
+        ("optim.impl=fast", "optim.impl"),
     ],
 )
 def test_bad_values_name_the_setting(override, names):

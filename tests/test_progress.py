@@ -18,7 +18,7 @@ from sfpo_lab.run.progress import IterationProgressBar
 
 class _Iterations(L.LightningModule):
     """An SFPO-shaped module: ``iteration`` counts rollout batches up to ``run_cfg.iterations``,
-    logs reward / acc / alpha to the bar and keeps the last validation in ``last_val``."""
+    sets reward / acc / alpha for the bar (``bar_metrics``) and keeps the last validation in ``last_val``."""
 
     def __init__(self, start: int, iterations: int) -> None:
         super().__init__()
@@ -30,8 +30,7 @@ class _Iterations(L.LightningModule):
     def training_step(self, batch, batch_idx):
         self.iteration += 1
         self.last_val = {"val/avg": 10.0 * self.iteration + 0.25}
-        for key, value in (("reward", 0.5), ("acc", 0.25), ("alpha", 0.8)):
-            self.log(key, value, prog_bar=True, logger=False)
+        self.bar_metrics = {"reward": 0.5, "acc": 0.25, "alpha": 0.8}
         return self.layer(batch).sum()
 
     def configure_optimizers(self):

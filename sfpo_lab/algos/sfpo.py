@@ -303,13 +303,15 @@ class SFPO:
 
     @torch.no_grad()
     def _params_finite(self) -> bool:
-        # inf-norm (max |x|) is NaN/inf iff some entry is, and cannot overflow; empty local
-        # shards (uneven FSDP sharding) have no inf-norm, so they are left out
+        # empty local shards (uneven FSDP sharding) have no min/max or norm: left out
         local = [p for p in self._local_params() if p.numel() > 0]
         if not local:
             return True
-        norms = torch._foreach_norm(local, float("inf"))
-        bad = (~torch.isfinite(torch.stack([n.float() for n in norms]))).any().float()
+        if local[0].is_cuda:  # inf-norm (max |x|): NaN/inf iff some entry is, no overflow
+            ends = torch._foreach_norm(local, float("inf"))
+        else:  # min and max (NaN propagates, as documented): 12x faster than the inf-norm
+            ends = [x for p in local for x in torch.aminmax(p)]  # on CPU (1.55 -> 0.13 s, 0.5B)
+        bad = (~torch.isfinite(torch.stack([e.float() for e in ends]))).any().float()
         sharded = any(_is_dtensor(p) for p in self._raw_params())
         if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)

@@ -168,11 +168,16 @@ class OptimConfig:
     warmup_iterations: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+    # the optimizer's kernels (same update up to rounding): auto = fused AdamW on a plain CPU
+    # process, torch's default elsewhere (training/runtime.py::optimizer_flags) | for_loop |
+    # foreach | fused
+    impl: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
         _choice("optim.name", self.name, ("adamw", "sgd"))
         _choice("optim.scheduler", self.scheduler, ("constant", "cosine", "linear"))
+        _choice("optim.impl", self.impl, ("auto", "for_loop", "foreach", "fused"))
         _check(
             self.warmup_iterations >= 0, "optim.warmup_iterations", self.warmup_iterations, ">= 0"
         )

@@ -208,6 +208,7 @@ RESUME_MAY_CHANGE = (
     "update.logits_chunk_tokens",
     "update.max_skipped_steps",
     "update.fuse_old_logprobs",  # the old log-probs from the first update forward: speed only
+    "optim.impl",  # the optimizer's kernels (training/runtime.py::optimizer_flags): speed only
     "model.activation_checkpointing",
     "model.attn_implementation",
     "model.sdpa_backends",

@@ -97,9 +97,11 @@ class IterationProgressBar(RichProgressBar):
         self.refresh()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """The module's ``prog_bar`` metrics and the last ``val/avg``; no ``v_num``."""
+        """The module's ``bar_metrics`` (and any ``prog_bar`` logs), the last ``val/avg``; no
+        ``v_num``."""
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        items.update(getattr(pl_module, "bar_metrics", None) or {})  # the last iteration's
         last = getattr(pl_module, "last_val", None) or {}
         if last.get("val/avg") is not None:
             items["val/avg"] = f"{float(last['val/avg']):.1f}%"

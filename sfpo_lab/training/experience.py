@@ -270,7 +270,7 @@ def dropout_active(model: nn.Module) -> bool:
     if any(isinstance(mod, nn.Dropout) and mod.p > 0 for mod in model.modules()):
         return True
     cfg = getattr(model, "config", None)
-    values = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    values = vars(cfg) if hasattr(cfg, "__dict__") else {}  # not to_dict(): ~2 ms a call
     return any(
         "dropout" in k and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
         for k, v in values.items()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,3 +113,26 @@ def peak_memory_gb(device: torch.device) -> float:
         return cuda_peak_since_start(device) / 2**30
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def optimizer_flags(impl: str, name: str, params: list[Tensor], precision: str) -> dict[str, Any]:
+    """``torch.optim`` ``foreach`` / ``fused`` flags for ``optim.impl`` (the same update up to
+    float rounding; only the kernels differ).
+
+    ``auto``: AdamW's fused kernel when every parameter is a plain (non-DTensor) CPU tensor and
+    no loss scaler is in play (32-true / bf16-mixed), the case where torch's own default, the
+    per-tensor loop, costs most (TRL's default ``adamw_torch_fused`` is the fused kernel too);
+    everywhere else torch's default (``foreach`` on CUDA, FSDP2 DTensors) stays as it was.
+    """
+    if impl == "for_loop":
+        return {"foreach": False, "fused": False}
+    if impl == "foreach":
+        return {"foreach": True, "fused": False}
+    if impl == "fused":
+        return {"foreach": False, "fused": True}
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    plain_cpu = all(
+        p.device.type == "cpu" and not (dtensor and isinstance(p, dtensor.DTensor)) for p in params
+    )
+    fused = name == "adamw" and plain_cpu and precision in ("32-true", "bf16-mixed")
+    return {"foreach": None, "fused": True} if fused else {"foreach": None, "fused": None}

@@ -224,6 +224,20 @@ def test_non_finite_params_after_iteration_restore_theta0():
     assert_same(params, theta0, exact=True)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [0, 4097, -1])
+def test_the_finite_check_finds_one_bad_entry_anywhere_in_a_long_tensor(bad, where):
+    """The end-of-iteration check (min/max on CPU) sees a single NaN / inf / -inf at the start,
+    inside or at the end of a tensor long enough for the vectorised reduction, and only then."""
+    params = [torch.nn.Parameter(torch.randn(10_007)), torch.nn.Parameter(torch.randn(3))]
+    sfpo = SFPO(torch.optim.SGD(params, lr=0.0), K=1, alpha=0.5)
+    sfpo.begin()
+    assert sfpo._params_finite()
+    with torch.no_grad():
+        params[0][where] = bad
+    assert not sfpo._params_finite()
+
+
 def test_explicit_params_list():
     batches = make_batches()
     params = make_params()
