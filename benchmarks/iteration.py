@@ -52,7 +52,7 @@ def scales(mode: str) -> list[Scale]:
     if mode == "smoke":
         return [Scale("toy", 2, 2, 4, 2, 4)]
     if mode == "quick":
-        return [Scale("toy", 16, 8, 16, 4, 16), Scale("0.5B-size", 2, 4, 8, 2, 8)]
+        return [Scale("toy", 16, 8, 16, 4, 16), Scale("0.5B-size", 2, 4, 8, 3, 8)]
     return [Scale("toy", 16, 8, 16, 8, 16), Scale("0.5B-size", 4, 8, 16, 4, 8)]
 
 
