@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 # earlier one-digit toy task's skywork twin (docs/reproduction.md)
 DEFAULT_RUNS = [REPO / "paper_figures" / "repro_runs", REPO / "paper_figures" / "toy_runs"]
 DEFAULT_OUT = REPO / "paper_figures"
+CONFIRM_RUNS = REPO / "paper_figures" / "confirm_runs"  # analysis/confirm.py's (issue 27)
 TABLES: dict[str, Callable[..., str]] = {"table1": tables.table1, "table2": tables.table2}
 FIGURES: dict[str, Callable] = {
     "fig1": diagram.fig1,
@@ -112,17 +114,23 @@ def fresh_out() -> Path:
 
 
 def write_output(
-    name: str, df: pd.DataFrame, out: Path, evals: pd.DataFrame | None = None
+    name: str,
+    df: pd.DataFrame,
+    out: Path,
+    evals: pd.DataFrame | None = None,
+    confirm: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Make one output; raises :class:`MissingRuns` when its runs are absent (``evals``: the
-    standalone evaluations, :func:`analysis.evals.find_evals`)."""
+    standalone evaluations, :func:`analysis.evals.find_evals`; ``confirm``: the registered
+    confirmation's block for ``summary.json``, :func:`confirm_block`)."""
     if name == "evals":
         texts = {fmt: evals_table(find_evals([]) if evals is None else evals, fmt) for fmt in ("md", "csv")}  # fmt: skip
         for fmt, text in texts.items():
             (out / f"evals.{fmt}").write_text(text)
         return [out / f"evals.{fmt}" for fmt in texts]
     if name == "summary":  # the headline numbers, machine-readable
-        (path := out / "summary.json").write_text(summary.summary_json(df), encoding="utf-8")
+        text = summary.summary_json(df, {"confirm": confirm} if confirm else None)
+        (path := out / "summary.json").write_text(text, encoding="utf-8")
         return [path]
     if name in TABLES:
         paths = []
@@ -140,6 +148,20 @@ def write_output(
         per_seed.to_csv(seeds := out / "fig4_per_seed.csv", index=False, float_format="%.4f")
         paths += [path, seeds]
     return paths
+
+
+def confirm_block(runs: Path = CONFIRM_RUNS) -> dict[str, Any] | None:
+    """The pre-registered confirmation's statistics (analysis/confirm.py, its registered
+    analysis unchanged) from its committed runs, as ``confirm.json`` holds them; None while
+    no run is committed. Its refusals (a run not of the plan, a changed analysis) propagate."""
+    from analysis import confirm
+    from analysis.runs import discover, incomplete_runs
+
+    df = discover([runs]) if runs.is_dir() else pd.DataFrame()
+    if df.empty:
+        return None
+    result = confirm.analyse(df[~df["run_id"].isin(set(incomplete_runs(df)))], confirm.load_plan())
+    return confirm._json(result["confirm"])  # NaN -> null, as in confirm.json
 
 
 def load(args: argparse.Namespace) -> pd.DataFrame:
@@ -199,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     evals = find_evals(args.runs or [])
     args.out.mkdir(parents=True, exist_ok=True)
     made, refused = 0, 0
+    # the committed confirmation joins the committed summary (CI regenerates both)
+    block = confirm_block() if "summary" in args.only and _committed(args.runs) else None
     for name in args.only:
         try:
-            paths = write_output(name, df, args.out, evals)
+            paths = write_output(name, df, args.out, evals, block)
         except (MissingRuns, MixedRuns) as err:
             refused += isinstance(err, MixedRuns)
             gone = remove_stale(name, args.out)

@@ -102,6 +102,8 @@ def _per_seed(finals: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     return [by_seed[s] for s in sorted(by_seed)]
 
 
-def summary_json(df: pd.DataFrame) -> str:
-    """The text of ``summary.json`` (sorted keys, indent 2, trailing newline)."""
-    return json.dumps(summary(df), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"  # fmt: skip
+def summary_json(df: pd.DataFrame, extra: dict[str, Any] | None = None) -> str:
+    """The text of ``summary.json`` (sorted keys, indent 2, trailing newline); ``extra``: more
+    top-level blocks (the confirmation's ``confirm``, analysis/confirm.py)."""
+    data = summary(df) | (extra or {})
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"

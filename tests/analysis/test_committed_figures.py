@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,23 @@ def test_make_figures_reproduces_the_committed_outputs(tmp_path: Path) -> None:
         f"{differ} differ from paper_figures/: regenerate them with "
         "`python analysis/make_figures.py` and commit the result"
     )
+
+
+CONFIRM_OUTPUTS = ("confirm.json", "confirm_per_seed.csv", "confirm.md")
+
+
+def test_confirm_reproduces_the_committed_confirmation(tmp_path: Path) -> None:
+    """`python analysis/confirm.py` (the registered analysis) on the committed confirmation
+    runs writes the committed confirm.{json,md} and confirm_per_seed.csv byte for byte, and
+    summary.json carries the same `confirm` block."""
+    from analysis import confirm
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        rc = confirm.main(["--out", str(tmp_path)])
+    assert rc == 0, log.getvalue()
+    committed = make_figures.DEFAULT_OUT
+    differ = [n for n in CONFIRM_OUTPUTS if (tmp_path / n).read_bytes() != (committed / n).read_bytes()]  # fmt: skip
+    assert not differ, f"{differ} differ from paper_figures/: rerun `python analysis/confirm.py`"
+    block = json.loads((committed / "confirm.json").read_text())["confirm"]
+    assert json.loads((committed / "summary.json").read_text())["confirm"] == block
