@@ -37,8 +37,11 @@ import pandas as pd
 
 IGNORED_TOP = ("seed", "task_name", "ckpt_path", "paths", "logger", "callbacks", "wandb",
                "checkpoint", "extras", "hydra")  # fmt: skip
+# kernels and resources, not the method: the same run up to float rounding (the speed-only
+# settings a resume may change, added after runs were committed: absent from their configs)
 IGNORED_LEAVES = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes",
-                  "trainer.strategy", "rollout.reward_workers", "model.sfpo_alpha")  # fmt: skip
+                  "trainer.strategy", "rollout.reward_workers", "model.sfpo_alpha",
+                  "optim.impl", "update.fuse_old_logprobs")  # fmt: skip
 # the settings a label names (analysis.runs.method_label): they may differ between the curves
 LABEL_KEYS = ("algorithm", "sfpo.K", "sfpo.alpha", "sfpo.slow_correction",
               "sfpo.entropy_control.enabled", "sfpo.entropy_control.tau", "sfpo.decay",

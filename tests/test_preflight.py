@@ -187,3 +187,22 @@ def test_a_checkpoint_older_than_a_setting_resumes_under_its_old_value(tmp_path)
     other.data.toy.split = "terms"
     with pytest.raises(ConfigError, match=r"data\.toy\.split='text', this run has .*='terms'"):
         check_resumable(other, str(ckpt))
+
+
+def test_optim_impl_resumes_from_an_older_checkpoint_and_is_otherwise_fixed(tmp_path):
+    """A checkpoint from before optim.impl resumes under the default (auto); a different
+    optim.impl is refused: the optimizer state's step counters sit where the saved kernels put
+    them (review: a fused <-> foreach switch on CUDA leaves them on the wrong device)."""
+    from dataclasses import asdict
+
+    from sfpo_lab.run.preflight import check_resumable
+
+    saved = asdict(RunConfig())
+    del saved["optim"]["impl"]
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"sfpo_counters": {"iteration": 2}, "sfpo_config": {"run": saved}}, ckpt)
+    check_resumable(RunConfig(), str(ckpt))
+    other = RunConfig()
+    other.optim.impl = "fused"
+    with pytest.raises(ConfigError, match=r"optim\.impl='auto', this run has .*='fused'"):
+        check_resumable(other, str(ckpt))

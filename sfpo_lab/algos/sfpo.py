@@ -310,7 +310,7 @@ class SFPO:
         if local[0].is_cuda:  # inf-norm (max |x|): NaN/inf iff some entry is, no overflow
             ends = torch._foreach_norm(local, float("inf"))
         else:  # min and max (NaN propagates, as documented): 12x faster than the inf-norm
-            ends = [x for p in local for x in torch.aminmax(p)]  # on CPU (1.55 -> 0.13 s, 0.5B)
+            ends = [x for p in local for x in torch.aminmax(p)]  # on CPU (0.98 -> 0.08 s, 0.5B)
         bad = (~torch.isfinite(torch.stack([e.float() for e in ends]))).any().float()
         sharded = any(_is_dtensor(p) for p in self._raw_params())
         if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():

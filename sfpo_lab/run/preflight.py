@@ -208,7 +208,6 @@ RESUME_MAY_CHANGE = (
     "update.logits_chunk_tokens",
     "update.max_skipped_steps",
     "update.fuse_old_logprobs",  # the old log-probs from the first update forward: speed only
-    "optim.impl",  # the optimizer's kernels (training/runtime.py::optimizer_flags): speed only
     "model.activation_checkpointing",
     "model.attn_implementation",
     "model.sdpa_backends",
@@ -227,7 +226,11 @@ equal the checkpoint's (the method, the data and task, the base, the validation 
 curve), or the resume is refused before anything is written."""
 
 
-ADDED_SETTINGS: dict[str, Any] = {"data.toy.split": "text"}
+# optim.impl: a checkpoint from before it resumes under the default (on CPU: the fused AdamW
+# kernel, rounding only); another value is refused, because the optimizer state's step
+# counters were placed for the saved kernels (on CUDA fused keeps them on the GPU, foreach on
+# the CPU)
+ADDED_SETTINGS: dict[str, Any] = {"data.toy.split": "text", "optim.impl": "auto"}
 """Settings added after checkpoints were already written, each with the value every run had
 before it existed: a checkpoint that lacks one compares as that value (a pre-split toy run
 resumes under ``split=text``; under ``split=terms`` it is refused like any other change)."""
