@@ -6,7 +6,9 @@ response; new = ``update.max_tokens_per_micro_batch`` + ``update.remove_padding`
 from the real :func:`sfpo_lab.training.packing.micro_batches` / :func:`~sfpo_lab.training.packing.pack`).
 (b) the same comparison in real tokens per second of CPU time, through the real
 :class:`~sfpo_lab.training.stages.UpdatePass` (new) and the pre-change micro-batch loop (old), on a
-model whose matmuls dominate, with every length divided by ``LENGTH_SCALE``.
+model whose matmuls dominate, with every length divided by ``LENGTH_SCALE``: 16 (quick) or 32
+rows of one rank's 256-row rollout batch, at that batch's width as in (a) (before 2026-12-08
+the rows were padded only to their own longest: 2.2x padding where (a) counts 3.6x).
 
 Lengths: prompts are the real DAPO-Math-17k prompts (``/work/shared/data`` or
 ``SFPO_DAPO_PARQUET``) in Qwen2.5's chat format, tokenized with the Qwen BPE tokenizer that
@@ -76,10 +78,14 @@ def sample_lengths(prompts: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, 
     return p, r
 
 
-def layout(p: np.ndarray, r: np.ndarray, vocab: int, seed: int = 0) -> Experience:
+def layout(
+    p: np.ndarray, r: np.ndarray, vocab: int, seed: int = 0, width: tuple[int, int] | None = None
+) -> Experience:
     """Rows as the rollout makes them: prompts left-padded to the longest, responses
-    right-padded to the longest; random token ids."""
-    n, pw, rw = len(p), int(p.max()), int(r.max())
+    right-padded to the longest (or to ``width`` = (prompt, response) columns, the widths of
+    the rollout batch these rows were taken from); random token ids."""
+    n = len(p)
+    pw, rw = width or (int(p.max()), int(r.max()))
     g = torch.Generator().manual_seed(seed)
     attn = torch.zeros(n, pw + rw, dtype=torch.long)
     resp = torch.zeros(n, rw, dtype=torch.long)
@@ -188,9 +194,11 @@ def throughput_row(prompts: np.ndarray, mode: str) -> Row:
         "smoke": (8, 64, 2, 128, 512, 64, 1),
     }[mode]
     n, hidden, layers, inter, vocab, scale, repeats = size
-    p, r = sample_lengths(prompts, n, seed=123)
+    # n rows of one rank's rollout batch (PER_RANK rows), at that batch's width: the old pass
+    # padded every row to the rollout batch's longest prompt + response, as (a) counts it
+    p, r = sample_lengths(prompts, PER_RANK, seed=123)
     p, r = np.maximum(p // scale, 1), np.maximum(r // scale, 1)
-    exp = layout(p, r, vocab)
+    exp = layout(p[:n], r[:n], vocab, width=(int(p.max()), int(r.max())))
     exp.old_logprobs = -torch.rand(exp.response_mask.shape)
     torch.manual_seed(0)
     cfg = tiny_qwen2_config(vocab, hidden, layers, 8, 4, inter, max_position_embeddings=1024)
@@ -212,8 +220,9 @@ def throughput_row(prompts: np.ndarray, mode: str) -> Row:
     speed = {k: real / v["min"] for k, v in t.items()}
     params = sum(q.numel() for q in model.parameters()) / 1e6
     conf = (
-        f"Qwen2 {params:.1f}M params (h{hidden}, {layers} layers, V={vocab}), {n} rows, "
-        f"lengths / {scale} (real {real} tok, padded {exp.input_ids.numel()}), "
+        f"Qwen2 {params:.1f}M params (h{hidden}, {layers} layers, V={vocab}), "
+        f"{n} of a {PER_RANK}-row rollout batch at its width, lengths / {scale} "
+        f"(real {real} tok, padded {exp.input_ids.numel()}), "
         f"old: {run.update.micro_batch_size}-row micro-batches; new: budget {budget} + remove_padding"
     )
     note = "real tokens per second of process CPU time, fastest of interleaved repeats"

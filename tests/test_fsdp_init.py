@@ -13,6 +13,7 @@ with tests/test_fsdp_reference.py.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import threading
 from dataclasses import replace
@@ -98,6 +99,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def worker(rank: int, port: int, path: str, out_dir: str) -> None:
+    faulthandler.enable()  # a native crash in a rank prints its Python stack
     mesh = init_gloo(rank, port)
     import sfpo_lab.training.module  # noqa: F401  (imported before measuring: only the build counts)
 

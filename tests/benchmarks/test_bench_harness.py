@@ -99,3 +99,22 @@ def test_unknown_section_is_rejected():
     with pytest.raises(SystemExit):
         parse_args(["--only", "engine,nope"])
     assert parse_args(["--quick", "--only", "peer"]).sections == ["peer"]
+
+
+def test_padfree_rows_keep_the_width_of_the_rollout_batch_they_come_from():
+    """The throughput rows are padded as the old pass padded them: to the longest prompt and
+    response of the whole rollout batch, not of the rows measured (left-padded prompts,
+    right-padded responses, positions counting real tokens only)."""
+    import numpy as np
+
+    from benchmarks.padfree import layout
+
+    p, r = np.array([3, 5]), np.array([2, 4])
+    own = layout(p, r, vocab=50)
+    wide = layout(p, r, vocab=50, width=(7, 6))
+    assert tuple(own.input_ids.shape) == (2, 9) and tuple(wide.input_ids.shape) == (2, 13)
+    assert wide.attention_mask.sum(-1).tolist() == [5, 9]  # the same real tokens
+    assert wide.attention_mask[0].tolist() == [0] * 4 + [1] * 5 + [0] * 4
+    assert wide.response_mask.tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]
+    assert wide.position_ids[1, 2:11].tolist() == list(range(9))
+    assert (wide.input_ids == 0).eq(wide.attention_mask == 0).all()
