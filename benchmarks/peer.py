@@ -7,7 +7,8 @@ budget, temperature 1, the reward (math-verify through the same ``MathVerifier``
 HF ``generate`` for rollouts, fp32 on CPU. Time per iteration: ours = ``perf/step_s`` (the
 whole ``training_step``: rollout, reward, old log-probs + entropy, update), TRL = between its
 ``on_step_begin`` and ``on_step_end`` callbacks (generation, reward and the update all happen
-inside its ``training_step``); means over the iterations after the first ``WARM`` = 2 (TRL's
+inside its ``training_step``); ours runs in a fresh process, TRL in the section's (each starts
+clean); means over the iterations after the first ``WARM`` = 2 (TRL's
 second iteration was still ~20 % slower than its later ones: 0.58, 0.34, 0.29, 0.25 s).
 
 Both skip the separate old-log-prob forward: TRL with ``num_iterations=1``, ours where it is
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Row, not_measured, row
-from benchmarks.ours import compose, fit, split
+from benchmarks.ours import compose, fit_fresh, split
 
 SECTION = "peer"
 METRIC = "ours / TRL GRPOTrainer time per iteration"
@@ -59,7 +60,9 @@ def run(mode: str, device: torch.device) -> list[Row]:
     ]
     if device.type != "cpu":
         common.append("trainer=gpu")
-    ours = split(fit(["algorithm=grpo", *common]), skip_first=WARM)
+    # ours in a fresh process, TRL in this one (nothing ran here before it): neither run pays
+    # for the other's heap (benchmarks.ours.fit_fresh)
+    ours = split(fit_fresh(["algorithm=grpo", *common]), skip_first=WARM)
     try:
         trl = trl_seconds(common, s, device)
     except Exception as err:  # a TRL/transformers incompatibility is a finding, not a crash
