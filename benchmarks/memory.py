@@ -45,15 +45,15 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in _tensors([args, kwargs or {}])}
+        inputs = {_key(t.untyped_storage()) for t in _tensors([args, kwargs or {}])}
         for t in _tensors(out):
             storage = t.untyped_storage()
-            if storage.data_ptr() not in inputs:  # in-place results and views are not new
+            if _key(storage) not in inputs:  # in-place results and views are not new
                 self._add(storage)
         return out
 
     def _add(self, storage: torch.UntypedStorage) -> None:
-        key, nbytes = storage.data_ptr(), storage.nbytes()
+        key, nbytes = _key(storage), storage.nbytes()
         if nbytes == 0 or key in self.live:
             return  # a view or an in-place result: no new memory
         self.live[key] = nbytes
@@ -63,6 +63,12 @@ class LiveBytes(TorchDispatchMode):
 
     def _free(self, key: int) -> None:
         self.current -= self.live.pop(key, 0)
+
+
+def _key(storage: torch.UntypedStorage) -> int:
+    """The storage's identity (its C++ StorageImpl, which views and in-place results share):
+    unlike ``data_ptr()`` also defined on the meta device, where every pointer is 0."""
+    return storage._cdata
 
 
 def _tensors(tree: object) -> list[torch.Tensor]:
@@ -77,7 +83,8 @@ def _tensors(tree: object) -> list[torch.Tensor]:
 
 
 def peak_new_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated by ``fn`` above what was allocated when it started."""
+    """Peak bytes allocated by ``fn`` above what was allocated when it started (CUDA: the
+    allocator's statistics; CPU and meta: :class:`LiveBytes`)."""
     free_memory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

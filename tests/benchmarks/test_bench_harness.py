@@ -118,3 +118,16 @@ def test_padfree_rows_keep_the_width_of_the_rollout_batch_they_come_from():
     assert wide.response_mask.tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]
     assert wide.position_ids[1, 2:11].tolist() == list(range(9))
     assert (wide.input_ids == 0).eq(wide.attention_mask == 0).all()
+
+
+@pytest.mark.parametrize("size", [(64, 1024, 32), (300, 2048, 48)])
+def test_logits_peaks_on_meta_equal_the_cpu_count(size):
+    """The logits section counts CPU memory on the meta device (no bf16 arithmetic): every
+    path creates the same storages there as on CPU tensors, to the byte (R = 300 leaves a
+    partial chunk of 44 tokens)."""
+    from benchmarks.logits import peak_bytes
+
+    on_cpu = peak_bytes(*size, torch.device("cpu"))
+    on_meta = peak_bytes(*size, torch.device("meta"))
+    assert on_meta == on_cpu
+    assert on_cpu["old"] > on_cpu["chunked"] > 0 and on_cpu["fused"] > 0
