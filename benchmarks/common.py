@@ -95,7 +95,9 @@ def interleaved(
     device: torch.device | None = None,
     clock: str = "wall",
 ) -> dict[str, dict[str, float]]:
-    """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
+    """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds;
+    every other round runs them in reverse order (A B, B A, ...), so that a slot's position in
+    the round (after which callable, with which caches and heap) favours none of them.
 
     ``clock="cpu"`` ranks by this process's CPU time (``time.process_time``) instead of wall
     time: on a shared machine other processes stretch wall time but hardly the CPU time of a
@@ -110,7 +112,8 @@ def interleaved(
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + repeats):
-        for name, fn in fns.items():
+        order = list(fns.items())
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             sync(device)
             w0, c0 = time.perf_counter(), time.process_time()
             fn()

@@ -52,7 +52,7 @@ def cases(mode: str, device: torch.device) -> list[Case]:
     if mode == "smoke":
         return [Case("toy", "toy", 4, 16, 2)]
     if mode == "quick":
-        return [Case("toy", "toy", 32, 48, 15), Case("mid", "mid", 16, 64, 3)]
+        return [Case("toy", "toy", 32, 48, 15), Case("mid", "mid", 16, 64, 5)]
     return [
         Case("toy", "toy", 64, 64, 9),
         Case("mid", "mid", 16, 64, 5),

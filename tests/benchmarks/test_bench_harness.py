@@ -131,3 +131,13 @@ def test_logits_peaks_on_meta_equal_the_cpu_count(size):
     on_meta = peak_bytes(*size, torch.device("meta"))
     assert on_meta == on_cpu
     assert on_cpu["old"] > on_cpu["chunked"] > 0 and on_cpu["fused"] > 0
+
+
+def test_interleaved_reverses_the_order_every_other_round():
+    """No callable always runs in the same slot of a round (after the same neighbour)."""
+    from benchmarks.common import interleaved
+
+    calls: list[str] = []
+    t = interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=3, warmup=1)
+    assert "".join(calls) == "abc" + "cba" + "abc" + "cba"
+    assert all(t[k]["n"] == 3 for k in "abc")
