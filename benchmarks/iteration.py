@@ -4,9 +4,9 @@ The module logs ``perf/rollout_s`` (generation), ``perf/reward_s`` (math-verify 
 ``perf/logprob_s`` (old log-probs and entropy at theta0), ``perf/update_s`` (all update
 passes, including SFPO's snapshot and reposition), ``perf/weight_sync_s`` (push to the
 engine; 0 when it generates with the trainer's own module) and ``perf/step_s`` (the whole
-``training_step``). Each is the mean over the iterations after the first (which pays the
-one-off warm-ups). GRPO = ``algorithm=grpo`` (alpha 0: one pass), SFPO = the default
-(K=3, alpha=0.8): at equal batches SFPO's update should cost K+1 = 4 GRPO updates, no more.
+``training_step``). Each is the mean over the iterations after the first ``warm`` (which
+pay the one-off warm-ups), and over ``runs`` fresh runs per algorithm. GRPO =
+``algorithm=grpo`` (alpha 0: one pass), SFPO = the default (K=3, alpha=0.8): at equal batches SFPO's update should cost K+1 = 4 GRPO updates, no more.
 Each training run starts in a fresh process (:func:`benchmarks.ours.fit_fresh`).
 """
 
@@ -34,6 +34,8 @@ class Scale:
     max_new_tokens: int
     iterations: int
     micro_batch: int
+    runs: int = 1  # fresh training runs per algorithm, in A B B A order
+    warm: int = 1  # iterations left out of each run's means (one-off warm-ups)
 
     @property
     def label(self) -> str:
@@ -53,8 +55,8 @@ def scales(mode: str) -> list[Scale]:
     if mode == "smoke":
         return [Scale("toy", 2, 2, 4, 2, 4)]
     if mode == "quick":
-        return [Scale("toy", 16, 8, 16, 4, 16), Scale("0.5B-size", 2, 4, 8, 4, 8)]
-    return [Scale("toy", 16, 8, 16, 8, 16), Scale("0.5B-size", 4, 8, 16, 4, 8)]
+        return [Scale("toy", 16, 8, 16, 8, 16, 2, 2), Scale("0.5B-size", 2, 4, 8, 4, 8)]
+    return [Scale("toy", 16, 8, 16, 12, 16, 2, 2), Scale("0.5B-size", 4, 8, 16, 4, 8)]
 
 
 def random_05b_dir(root: str) -> str:
@@ -81,13 +83,23 @@ def run(mode: str, device: torch.device) -> list[Row]:
                     f"model.tokenizer={path}",
                     "model.name=qwen2.5-0.5b-shape-random",
                 ]
-            result = {
-                algo: split(fit_fresh([f"algorithm={algo}", *scale.overrides(), *extra]))
-                for algo in ("grpo", "sfpo")
-            }
+            result = _fits(scale, extra)
             free_memory()
         rows += _rows(scale, result)
     return rows
+
+
+def _fits(scale: Scale, extra: list[str]) -> dict[str, dict[str, float]]:
+    """Each algorithm's stage means over ``scale.runs`` fresh runs, run GRPO, SFPO, SFPO,
+    GRPO, ... (a toy run's per-pass time differed by up to 1.4x between two processes)."""
+    splits: dict[str, list[dict[str, float]]] = {"grpo": [], "sfpo": []}
+    for i in range(scale.runs):
+        for algo in ("grpo", "sfpo") if i % 2 == 0 else ("sfpo", "grpo"):
+            rows = fit_fresh([f"algorithm={algo}", *scale.overrides(), *extra])
+            splits[algo].append(split(rows, skip_first=scale.warm))
+    return {
+        algo: {k: sum(d[k] for d in ds) / len(ds) for k in ds[0]} for algo, ds in splits.items()
+    }
 
 
 def _rows(scale: Scale, r: dict[str, dict[str, float]]) -> list[Row]:
@@ -100,7 +112,8 @@ def _rows(scale: Scale, r: dict[str, dict[str, float]]) -> list[Row]:
             "<=",
             1.05,
             config=scale.label,
-            note="two training runs, each in a fresh process: after iteration 1 their policies (so response lengths: "
+            note=f"{scale.runs} training run(s) per algorithm, each in a fresh process, first "
+            f"{scale.warm} iteration(s) left out: after iteration 1 their policies (so response lengths: "
             f"GRPO {g['response_length']:.1f}, SFPO {s['response_length']:.1f}) differ; wall "
             "clock; the equal-work comparison is the engine section",
             details=r,
