@@ -1,7 +1,8 @@
 """Shared plumbing of the benchmark harness: result rows, timing, machine facts, test models.
 
-Every figure the harness reports is a ratio of two quantities measured in the same process,
-interleaved (A, B, A, B, ...) so that load from other processes hits both sides alike; the
+Every figure the harness reports is a ratio of two quantities measured in the same process
+(except the whole-trainer rows of ``iteration`` and ``peer``, whose training runs each start in
+a fresh process), interleaved (A, B, then B, A, ...) so that load from other processes hits both sides alike; the
 ratio uses the fastest repeat of each side (noise on a shared machine only ever adds time) and
 the JSON also keeps the medians. Pure in-process compute (engine, HF vs raw generate) is
 ranked by process CPU time, which other processes on a shared machine barely stretch;
@@ -96,8 +97,9 @@ def interleaved(
     clock: str = "wall",
 ) -> dict[str, dict[str, float]]:
     """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds;
-    every other round runs them in reverse order (A B, B A, ...), so that a slot's position in
-    the round (after which callable, with which caches and heap) favours none of them.
+    every other round runs them in reverse order (A B, B A, ...): with two callables each runs
+    first, and after the other, equally often; with more, each one's neighbours vary between
+    rounds (a rotation would balance them fully: not done).
 
     ``clock="cpu"`` ranks by this process's CPU time (``time.process_time``) instead of wall
     time: on a shared machine other processes stretch wall time but hardly the CPU time of a
