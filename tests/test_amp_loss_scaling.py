@@ -223,3 +223,38 @@ def test_consecutive_overflows_keep_halving_the_scale_until_the_limit():
     with pytest.raises(RuntimeError, match="update.max_skipped_steps=3"):
         fit(amp, CPUFloat16Amp())
     assert amp.scales == [INIT_SCALE, INIT_SCALE / 2, INIT_SCALE / 4]
+
+
+class AdamHost(UpdateHost):
+    """``UpdateHost`` with the AdamW that ``optim.impl`` picks (training/runtime.py). eps = 1
+    makes Adam's step depend on the gradient's scale (g / (sqrt(v) + 1)): a fused kernel that
+    stepped on the loss-scaled gradients would move the weights ~1e4x further."""
+
+    def __init__(self, impl: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        from sfpo_lab.training.runtime import optimizer_flags
+
+        params = list(self.policy.parameters())
+        flags = optimizer_flags(self.impl, "adamw", params, "16-mixed")
+        return torch.optim.AdamW(params, lr=1e-3, eps=1.0, **flags)
+
+
+def test_16_mixed_with_the_fused_adamw_kernel_unscales_and_skips_like_32_true():
+    """``optim.impl=fused`` under 16-mixed (``auto`` never picks it there; a user may):
+    GradScaler hands the fused kernel its scale and found-inf flag instead of unscaling, and
+    Lightning's plugin leaves the unscale to the kernel. Read against torch 2.13
+    ``amp/grad_scaler.py`` (``_step_supports_amp_scaling``) and Lightning 2.6.6
+    ``plugins/precision/amp.py``. The update equals a 32-true per-tensor AdamW's; an
+    overflowing pass first is skipped (weights and Adam state untouched)."""
+    ref = AdamHost("for_loop", make_run(), steps=1)
+    fit(ref)
+    amp = AdamHost("fused", make_run(), steps=2, poison=(0,))
+    fit(amp, CPUFloat16Amp())
+    assert amp.optimizers().optimizer.defaults["fused"] is True
+    assert amp.scales == [INIT_SCALE, INIT_SCALE / 2]
+    assert amp.stats[0]["skipped_steps"] == 1.0
+    assert amp.stats[1]["grad_norm"] == pytest.approx(ref.stats[0]["grad_norm"], rel=1e-5)
+    assert_same_update(amp.delta(), ref.delta())
