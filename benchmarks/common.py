@@ -96,10 +96,11 @@ def interleaved(
     device: torch.device | None = None,
     clock: str = "wall",
 ) -> dict[str, dict[str, float]]:
-    """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds;
-    every other round runs them in reverse order (A B, B A, ...): with two callables each runs
-    first, and after the other, equally often; with more, each one's neighbours vary between
-    rounds (a rotation would balance them fully: not done).
+    """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
+
+    Round ``r`` runs the callables rotated by ``r // 2`` places, reversed when ``r`` is odd
+    (two: A B, B A, ...; four: A B C D, D C B A, B C D A, A D C B, ...): over ``2 n`` rounds
+    each of ``n`` callables runs in every position equally often, and its predecessor varies.
 
     ``clock="cpu"`` ranks by this process's CPU time (``time.process_time``) instead of wall
     time: on a shared machine other processes stretch wall time but hardly the CPU time of a
@@ -113,9 +114,9 @@ def interleaved(
     use_cpu = clock == "cpu" and device.type == "cpu"
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
+    items = list(fns.items())
     for r in range(warmup + repeats):
-        order = list(fns.items())
-        for name, fn in order if r % 2 == 0 else order[::-1]:
+        for name, fn in round_order(items, r - warmup):
             sync(device)
             w0, c0 = time.perf_counter(), time.process_time()
             fn()
@@ -136,6 +137,13 @@ def interleaved(
             "all": main,
         }
     return out
+
+
+def round_order(items: list, r: int) -> list:
+    """Round ``r``'s order of :func:`interleaved`: rotated by ``r // 2``, reversed if ``r`` odd."""
+    k = (r // 2) % len(items)
+    order = items[k:] + items[:k]
+    return order if r % 2 == 0 else order[::-1]
 
 
 def paired_ratio(t: dict[str, dict[str, Any]], a: str, b: str) -> float:

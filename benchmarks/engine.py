@@ -52,10 +52,10 @@ def cases(mode: str, device: torch.device) -> list[Case]:
     if mode == "smoke":
         return [Case("toy", "toy", 4, 16, 2)]
     if mode == "quick":
-        return [Case("toy", "toy", 32, 48, 15), Case("mid", "mid", 16, 64, 5)]
+        return [Case("toy", "toy", 32, 48, 16), Case("mid", "mid", 16, 64, 12)]
     return [
         Case("toy", "toy", 64, 64, 9),
-        Case("mid", "mid", 16, 64, 5),
+        Case("mid", "mid", 16, 64, 12),
         Case("0.5B-size", "0.5b", 2, 32, 3),
     ]
 

@@ -80,8 +80,10 @@ class CpuClock(L.Callback):
         self.seconds.append(time.process_time() - self.t0)
 
 
-def fit(overrides: list[str]) -> list[dict[str, float]]:
-    """Train with ``overrides`` and return the per-iteration metrics (``train/iteration`` set)."""
+def fit(overrides: list[str], module_cls: type | None = None) -> list[dict[str, float]]:
+    """Train with ``overrides`` and return the per-iteration metrics (``train/iteration`` set).
+
+    ``module_cls``: an ``SFPOModule`` subclass to train instead (benchmarks.paired's)."""
     from sfpo_lab.data.datamodule import RLDataModule
     from sfpo_lab.run import runner
     from sfpo_lab.training.module import SFPOModule
@@ -97,7 +99,7 @@ def fit(overrides: list[str]) -> list[dict[str, float]]:
             iterations=run.iterations,
             seed=run.seed,
         )
-        module = SFPOModule(run, model_path, tokenizer)
+        module = (module_cls or SFPOModule)(run, model_path, tokenizer)
         clock = CpuClock()
         trainer = runner.build_trainer(run, [clock])
         logger = MemoryLogger()
@@ -121,27 +123,31 @@ def fit_fresh(overrides: list[str]) -> list[dict[str, float]]:
     pays for the first one's heap (a 0.5B GRPO run measured second ran its update passes at
     7.7 s against 5.4 s first, with twice the kernel time per page fault), so runs that are
     compared each start clean, as a user's run does."""
+    return run_fresh("benchmarks.ours", "dump_fit", overrides)
+
+
+def run_fresh(module: str, function: str, args: list[str]) -> Any:
+    """``module.function(path, *args)`` in a fresh Python process; it writes JSON to ``path``,
+    returned here."""
     import json
     import subprocess
     import sys
 
     with tempfile.TemporaryDirectory(prefix="bench_fit_") as tmp:
         out = Path(tmp) / "rows.json"
-        # -c, not -m benchmarks.ours: the grading workers re-run the main script's top level
-        # (see benchmarks/run.py), which must not import torch and Lightning into each of them
-        code = (
-            "import sys; from benchmarks.ours import dump_fit; dump_fit(sys.argv[1], sys.argv[2:])"
-        )
-        cmd = [sys.executable, "-c", code, str(out), *overrides]
+        # -c, not -m: the grading workers re-run the main script's top level (see
+        # benchmarks/run.py), which must not import torch and Lightning into each of them
+        code = f"import sys; from {module} import {function}; {function}(*sys.argv[1:])"
+        cmd = [sys.executable, "-c", code, str(out), *args]
         subprocess.run(cmd, cwd=REPO, check=True)
         return json.loads(out.read_text())
 
 
-def dump_fit(path: str, overrides: list[str]) -> None:
+def dump_fit(path: str, *overrides: str) -> None:
     """:func:`fit` written to ``path`` as JSON (the child of :func:`fit_fresh`)."""
     import json
 
-    Path(path).write_text(json.dumps(fit(overrides)))
+    Path(path).write_text(json.dumps(fit(list(overrides))))
 
 
 def release_memory() -> None:

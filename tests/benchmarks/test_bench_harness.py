@@ -133,11 +133,23 @@ def test_logits_peaks_on_meta_equal_the_cpu_count(size):
     assert on_cpu["old"] > on_cpu["chunked"] > 0 and on_cpu["fused"] > 0
 
 
-def test_interleaved_reverses_the_order_every_other_round():
-    """No callable always runs in the same slot of a round (after the same neighbour)."""
+def test_interleaved_balances_positions_and_neighbours():
+    """Over 2 n timed rounds each of n callables runs in every slot of a round equally often
+    and after more than one neighbour (the engine section times four)."""
+    from collections import Counter
+
     from benchmarks.common import interleaved
 
     calls: list[str] = []
-    t = interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=3, warmup=1)
-    assert "".join(calls) == "abc" + "cba" + "abc" + "cba"
-    assert all(t[k]["n"] == 3 for k in "abc")
+    t = interleaved({k: (lambda k=k: calls.append(k)) for k in "abcd"}, repeats=8, warmup=1)
+    assert all(t[k]["n"] == 8 for k in "abcd") and len(calls) == 4 * 9
+    timed = ["".join(calls[i : i + 4]) for i in range(4, len(calls), 4)]
+    assert timed[:4] == ["abcd", "dcba", "bcda", "adcb"]
+    for slot in range(4):
+        assert Counter(order[slot] for order in timed) == dict.fromkeys("abcd", 2)
+    for k in "abcd":
+        before = {order[order.index(k) - 1] for order in timed if order.index(k) > 0}
+        assert len(before) >= 2
+    two: list[str] = []
+    interleaved({k: (lambda k=k: two.append(k)) for k in "ab"}, repeats=4, warmup=0)
+    assert "".join(two) == "ab" + "ba" + "ba" + "ab"
