@@ -11,7 +11,8 @@ Each training run starts in a fresh process (:func:`benchmarks.ours.fit_fresh`).
 
 Those two runs do unequal work after iteration 1 (different policies, response lengths and
 processes), so the target on SFPO update / ((K+1) x GRPO update) sits on the paired row
-(:mod:`benchmarks.paired`: one process, one batch, one theta0, GRPO and SFPO alternated); the
+(:mod:`benchmarks.paired`: one process, one batch, one theta0, rounds of K+1 GRPO iterations
+and one SFPO iteration); the
 cross-run ratio is printed beside it without a verdict.
 """
 
@@ -64,7 +65,7 @@ def scales(mode: str) -> list[Scale]:
     if mode == "quick":
         return [
             Scale("toy", 16, 8, 16, 8, 16, 2, 2, 30),
-            Scale("0.5B-size", 2, 4, 8, 4, 8, 1, 1, 5),
+            Scale("0.5B-size", 2, 4, 8, 4, 8, 1, 1, 6),
         ]
     return [
         Scale("toy", 16, 8, 16, 12, 16, 2, 2, 40),
@@ -163,8 +164,9 @@ def _paired_row(scale: Scale, p: dict) -> Row:
         config=scale.label,
         note=f"one process of the real trainer, iteration {scale.warm + 1}'s batch "
         f"({p['rows']} rows, {p['response_tokens']:.0f} response tokens); median over "
-        f"{len(p['ratios_cpu'])} rounds of the ratio within a round (GRPO and SFPO alternated, "
-        f"same weights and optimizer state each call), CPU time; wall {p['ratio_wall']:.3f}",
+        f"{len(p['ratios'])} rounds of SFPO / (K+1 GRPO iterations) within a round (GRPO "
+        "calls first in half the rounds, SFPO first in the others; every call from the same "
+        f"weights and optimizer state), {p['clock']} time; wall {p['ratio_wall']:.3f}",
         details=p,
     )
 

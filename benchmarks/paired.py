@@ -13,11 +13,14 @@ iterations as usual; on the rollout batch of its last iteration it times rounds 
 
 GRPO first in even rounds, SFPO first in odd ones. Every call starts from the same weights
 and optimizer state (copied back in place before it, not timed) with the batch's fused old
-log-probs reset, so both sides do identical work: K+1 passes each. Timing K+1 separate GRPO
+log-probs reset, so both sides run the same K+1 update passes on the same batch, SFPO adding
+its snapshot, reposition and finite check (each GRPO call fills the fused old log-probs in its
+pass, as every ``algorithm=grpo`` iteration does; SFPO only in its first). Timing K+1 separate GRPO
 calls (not one, times K+1) gives both sides of the ratio the same per-pass noise (0.5B passes
 here vary by +-15 %). The ratio is the median over rounds of SFPO / (K+1 GRPO iterations)
-timed in the same round, on this process's CPU clock (as the engine section; wall clock and
-sum over sum in the details).
+timed in the same round, on this process's CPU clock (as the engine section; wall clock on
+CUDA; wall clock and sum over sum in the details). An even number of rounds, so SFPO runs first
+in half of them; a restore (a full copy of weights and AdamW state) precedes every call.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from sfpo_lab.algos import SFPO
 from sfpo_lab.training.iteration import sfpo_iteration
 from sfpo_lab.training.module import SFPOModule
+from sfpo_lab.training.stages import recompute_old_logprobs
 
 
 def paired_updates(rounds: int, overrides: list[str]) -> dict[str, Any]:
@@ -81,6 +85,8 @@ def time_pairs(module: SFPOModule, exp: Any, rounds: int) -> dict[str, Any]:
         "grpo": SFPO(opt, K=s.K, alpha=0.0, slow_correction=s.slow_correction),
         "sfpo": module.sfpo,
     }
+    if rounds < 2 or rounds % 2:
+        raise ValueError(f"rounds={rounds}: an even number >= 2 (SFPO first in half of them)")
     if engines["sfpo"].alpha <= 0 or s.lr_schedule != "per_batch":
         raise RuntimeError(
             "the paired timing needs the run's engine at alpha > 0 (trigger fired?) and "
@@ -89,16 +95,27 @@ def time_pairs(module: SFPOModule, exp: Any, rounds: int) -> dict[str, Any]:
     want = {"grpo": 1, "sfpo": s.K + int(s.slow_correction)}
     saved = _save(module, opt)
     old0 = exp.old_logprobs  # None when the first update pass fills them (fused)
+    # as training_step: sfpo.slow_old_logprobs=recompute adds a no-grad pass before Stage III
+    recompute = (
+        (lambda: recompute_old_logprobs(module, exp))
+        if s.slow_old_logprobs == "recompute"
+        else None
+    )
+    cuda = module.device.type == "cuda"
     out: dict[str, Any] = {k: {"cpu": [], "wall": [], "pass_s": []} for k in engines}
 
     def call(name: str) -> tuple[float, float, list[float]]:
         _restore(module, opt, saved)
         exp.old_logprobs = old0
         module.stage_mem.clear()
+        if cuda:
+            torch.cuda.synchronize(module.device)
         w0, c0 = time.perf_counter(), time.process_time()
         *_, passes = sfpo_iteration(
-            engines[name], lambda: module.updater(exp), None, mem=module.stage_mem
+            engines[name], lambda: module.updater(exp), recompute, mem=module.stage_mem
         )
+        if cuda:
+            torch.cuda.synchronize(module.device)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         if len(passes) != want[name]:
             raise RuntimeError(f"{name} ran {len(passes)} update passes, not {want[name]}")
@@ -119,6 +136,7 @@ def time_pairs(module: SFPOModule, exp: Any, rounds: int) -> dict[str, Any]:
             out[name]["pass_s"].append(pass_s)
     _restore(module, opt, saved)
     out["sfpo_passes"] = want["sfpo"]  # K + 1 with the slow pass
+    out["clock"] = "wall" if cuda else "cpu"  # kernels run async: CPU time means little there
     out["rows"] = len(exp)
     out["response_tokens"] = float(exp.response_mask.sum())
     return out
@@ -161,17 +179,20 @@ def ratios(result: dict[str, Any], clock: str = "cpu") -> list[float]:
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The row's value (median CPU ratio) and what the details keep."""
-    cpu, wall = ratios(result, "cpu"), ratios(result, "wall")
-    g, s = result["grpo"]["cpu"], result["sfpo"]["cpu"]
+    """The row's value (median ratio on the result's clock: CPU time on CPU, wall on CUDA)
+    and what the details keep."""
+    clock = result.get("clock", "cpu")
+    main, wall = ratios(result, clock), ratios(result, "wall")
+    g, s = result["grpo"][clock], result["sfpo"][clock]
     return {
-        "ratio": statistics.median(cpu),
-        "ratios_cpu": cpu,
+        "ratio": statistics.median(main),
+        "clock": clock,
+        "ratios": main,
         "ratio_wall": statistics.median(wall),
-        "min_over_min_cpu": min(s) / min(g),
-        "sum_over_sum_cpu": sum(s) / sum(g),
-        "grpo_k1_cpu_s": g,
-        "sfpo_cpu_s": s,
+        "min_over_min": min(s) / min(g),
+        "sum_over_sum": sum(s) / sum(g),
+        "grpo_k1_s": g,
+        "sfpo_s": s,
         "pass_wall_s": {k: result[k]["pass_s"] for k in ("grpo", "sfpo")},
         "sfpo_passes": result["sfpo_passes"],
         "rows": result["rows"],
