@@ -283,3 +283,16 @@ def table(rows: list[Row]) -> str:
     out += ["  ".join(str(c).ljust(w) for c, w in zip(x, widths, strict=True)) for x in lines]
     notes = list(dict.fromkeys(f"[{r.section}] {r.metric}: {r.note}" for r in rows if r.note))
     return "\n".join(out + ([""] + notes if notes else []))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of a results JSON as docs/performance.md's table (settings cut at 90 chars)."""
+    out = ["| section | metric | setting | measured | target | |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        measured = math.nan if r["measured"] is None else r["measured"]
+        verdict = {True: "PASS", False: "**MISS**", None: ""}[r["passed"]]
+        out.append(
+            f"| {r['section']} | {r['metric']} | {r['config'][:90]} | {fmt(measured)} | "
+            f"{r['target'] or '–'} | {verdict} |"
+        )
+    return "\n".join(out)

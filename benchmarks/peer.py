@@ -137,9 +137,13 @@ def trl_seconds(common: list[str], s: dict[str, int], device: torch.device) -> d
                 steps.append(time.perf_counter() - self.t0)
                 cpu.append(time.process_time() - self.c0)
 
+        reward_s: list[float] = []  # wall seconds of each reward call (grading in workers)
+
         def reward(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+            t0 = time.perf_counter()
             grades = verifier.grade_many(completions, answer)
             rewards, _ = compute_rewards(grades, run.rollout.reward_scheme)
+            reward_s.append(time.perf_counter() - t0)
             return rewards.tolist()
 
         config = GRPOConfig(
@@ -181,6 +185,7 @@ def trl_seconds(common: list[str], s: dict[str, int], device: torch.device) -> d
         "response_length": statistics.mean(lengths) if lengths else float("nan"),
         "step": statistics.mean(kept),
         "cpu_step": statistics.mean(cpu[WARM:] or cpu),
+        "reward": statistics.mean(reward_s[WARM:] or reward_s),
         "iterations": float(len(kept)),
         "all": steps,
     }

@@ -5,9 +5,10 @@
 
 Sections: engine, memory, rollouts, vllm_rollouts, iteration, peer, padfree, logits, step_ratio
 (benchmarks/README.md). ``--quick`` is
-the fast setting (under 10 minutes on the 2-core CI machine); ``--smoke`` uses toy sizes and
+the fast setting (~24 minutes on the 2-core CI machine, 16 of them the trainer runs of
+``iteration``; it is not part of CI); ``--smoke`` uses toy sizes and
 checks only the plumbing (its numbers mean nothing). Every figure is a ratio of two
-quantities measured in the same process (each section runs in a child process of its own,
+quantities measured in the same process (except `iteration`'s two-run rows and `peer`; each section runs in a child process of its own,
 so one section's memory never adds to the next's), printed with its target and PASS/FAIL.
 """
 
@@ -60,7 +61,7 @@ def _section(name: str) -> Callable:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="fast sizes (< 10 min on 2 cores)")
+    size.add_argument("--quick", action="store_true", help="fast sizes (~24 min on 2 cores)")
     size.add_argument("--smoke", action="store_true", help="toy sizes: plumbing check only")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--json", type=Path, default=None, help="output file")

@@ -153,3 +153,19 @@ def test_interleaved_balances_positions_and_neighbours():
     two: list[str] = []
     interleaved({k: (lambda k=k: two.append(k)) for k in "ab"}, repeats=4, warmup=0)
     assert "".join(two) == "ab" + "ba" + "ba" + "ab"
+
+
+def test_performance_doc_table_is_the_run_it_names():
+    """docs/performance.md's top table is regenerated, row for row, from the results JSON its
+    first paragraph names (a number there comes from a committed run)."""
+    import re
+
+    from benchmarks.common import markdown_table
+
+    doc = (REPO / "docs" / "performance.md").read_text()
+    head = doc[: doc.index("| section | metric |")]
+    named = re.findall(r"JSON:\s*`(benchmarks/results/[^`]+\.json)`", head)
+    assert len(named) == 1, named
+    result = json.loads((REPO / named[0]).read_text())
+    assert result["mode"] == "quick" and not any(v["error"] for v in result["sections"].values())
+    assert markdown_table(result["rows"]) + "\n" in doc
