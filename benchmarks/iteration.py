@@ -6,14 +6,14 @@ passes, including SFPO's snapshot and reposition), ``perf/weight_sync_s`` (push 
 engine; 0 when it generates with the trainer's own module) and ``perf/step_s`` (the whole
 ``training_step``). Each is the mean over the iterations after the first ``warm`` (which
 pay the one-off warm-ups), and over ``runs`` fresh runs per algorithm. GRPO =
-``algorithm=grpo`` (alpha 0: one pass), SFPO = the default (K=3, alpha=0.8): at equal batches SFPO's update should cost K+1 = 4 GRPO updates, no more.
+``algorithm=grpo`` (alpha 0: one pass), SFPO = the default (K=3, alpha=0.8): at equal
+batches SFPO's update should cost K+1 = 4 GRPO updates, no more.
 Each training run starts in a fresh process (:func:`benchmarks.ours.fit_fresh`).
 
 Those two runs do unequal work after iteration 1 (different policies, response lengths and
 processes), so the target on SFPO update / ((K+1) x GRPO update) sits on the paired row
 (:mod:`benchmarks.paired`: one process, one batch, one theta0, rounds of K+1 GRPO iterations
-and one SFPO iteration); the
-cross-run ratio is printed beside it without a verdict.
+and one SFPO iteration); the cross-run ratio is printed beside it without a verdict.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ and optimizer state (copied back in place before it, not timed) with the batch's
 log-probs reset, so both sides run the same K+1 update passes on the same batch, SFPO adding
 its snapshot, reposition and finite check (each GRPO call fills the fused old log-probs in its
 pass, as every ``algorithm=grpo`` iteration does; SFPO only in its first). Timing K+1 separate GRPO
-calls (not one, times K+1) gives both sides of the ratio the same per-pass noise (0.5B passes
-here vary by +-15 %). The ratio is the median over rounds of SFPO / (K+1 GRPO iterations)
+calls (not one, times K+1) gives both sides of the ratio the same per-pass noise (single 0.5B
+passes took 6.3-9.5 s in one process here). The ratio is the median over rounds of SFPO / (K+1 GRPO iterations)
 timed in the same round, on this process's CPU clock (as the engine section; wall clock on
 CUDA; wall clock and sum over sum in the details). An even number of rounds, so SFPO runs first
 in half of them; a restore (a full copy of weights and AdamW state) precedes every call.
@@ -25,6 +25,7 @@ in half of them; a restore (a full copy of weights and AdamW state) precedes eve
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -79,30 +80,54 @@ def time_pairs(module: SFPOModule, exp: Any, rounds: int) -> dict[str, Any]:
 
     Returns per round: ``grpo`` / ``sfpo`` ``cpu`` and ``wall`` seconds (GRPO: the sum of its
     K+1 calls) and ``pass_s`` (each call's per-pass wall seconds); ``sfpo_passes`` (K+1)."""
+    s = module.run_cfg.sfpo
+    if rounds < 2 or rounds % 2:
+        raise ValueError(f"rounds={rounds}: an even number >= 2 (SFPO first in half of them)")
+    if module.sfpo.alpha <= 0 or s.lr_schedule != "per_batch":
+        raise RuntimeError(
+            "the paired timing needs the run's engine at alpha > 0 (trigger fired?) and "
+            "sfpo.lr_schedule=per_batch (per_step would step the scheduler in the timed calls)"
+        )
+    call = _timed_call(module, exp)
+    k1 = s.K + int(s.slow_correction)  # passes of one SFPO iteration
+    out: dict[str, Any] = {k: {"cpu": [], "wall": [], "pass_s": []} for k in ("grpo", "sfpo")}
+    call("grpo"), call("sfpo")  # warm-up
+    for r in range(rounds):
+        order = ["grpo"] * k1 + ["sfpo"]
+        for k in out:
+            out[k]["cpu"].append(0.0), out[k]["wall"].append(0.0), out[k]["pass_s"].append([])
+        for name in order if r % 2 == 0 else order[::-1]:
+            cpu, wall, pass_s = call(name)
+            out[name]["cpu"][-1] += cpu
+            out[name]["wall"][-1] += wall
+            out[name]["pass_s"][-1] += pass_s
+    call.restore()
+    cuda = module.device.type == "cuda"
+    return out | {
+        "sfpo_passes": k1,
+        "clock": "wall" if cuda else "cpu",  # kernels run async: CPU time means little there
+        "rows": len(exp),
+        "response_tokens": float(exp.response_mask.sum()),
+    }
+
+
+def _timed_call(module: SFPOModule, exp: Any) -> Any:
+    """``call(name)`` -> (CPU s, wall s, per-pass wall s) of one GRPO or SFPO iteration on
+    ``exp`` from the state saved now; ``call.restore()`` puts that state back."""
     opt = module.optimizers().optimizer
     s = module.run_cfg.sfpo
     engines = {
         "grpo": SFPO(opt, K=s.K, alpha=0.0, slow_correction=s.slow_correction),
         "sfpo": module.sfpo,
     }
-    if rounds < 2 or rounds % 2:
-        raise ValueError(f"rounds={rounds}: an even number >= 2 (SFPO first in half of them)")
-    if engines["sfpo"].alpha <= 0 or s.lr_schedule != "per_batch":
-        raise RuntimeError(
-            "the paired timing needs the run's engine at alpha > 0 (trigger fired?) and "
-            "sfpo.lr_schedule=per_batch (per_step would step the scheduler in the timed calls)"
-        )
     want = {"grpo": 1, "sfpo": s.K + int(s.slow_correction)}
     saved = _save(module, opt)
     old0 = exp.old_logprobs  # None when the first update pass fills them (fused)
     # as training_step: sfpo.slow_old_logprobs=recompute adds a no-grad pass before Stage III
-    recompute = (
-        (lambda: recompute_old_logprobs(module, exp))
-        if s.slow_old_logprobs == "recompute"
-        else None
-    )
+    recompute = None
+    if s.slow_old_logprobs == "recompute":
+        recompute = functools.partial(recompute_old_logprobs, module, exp)
     cuda = module.device.type == "cuda"
-    out: dict[str, Any] = {k: {"cpu": [], "wall": [], "pass_s": []} for k in engines}
 
     def call(name: str) -> tuple[float, float, list[float]]:
         _restore(module, opt, saved)
@@ -121,25 +146,8 @@ def time_pairs(module: SFPOModule, exp: Any, rounds: int) -> dict[str, Any]:
             raise RuntimeError(f"{name} ran {len(passes)} update passes, not {want[name]}")
         return cpu, wall, [round(p["update_s"], 4) for p in passes]
 
-    call("grpo"), call("sfpo")  # warm-up
-    for r in range(rounds):
-        order = ["grpo"] * want["sfpo"] + ["sfpo"]
-        totals = {k: [0.0, 0.0, []] for k in engines}
-        for name in order if r % 2 == 0 else order[::-1]:
-            cpu, wall, pass_s = call(name)
-            t = totals[name]
-            t[0], t[1] = t[0] + cpu, t[1] + wall
-            t[2] += pass_s
-        for name, (cpu, wall, pass_s) in totals.items():
-            out[name]["cpu"].append(cpu)
-            out[name]["wall"].append(wall)
-            out[name]["pass_s"].append(pass_s)
-    _restore(module, opt, saved)
-    out["sfpo_passes"] = want["sfpo"]  # K + 1 with the slow pass
-    out["clock"] = "wall" if cuda else "cpu"  # kernels run async: CPU time means little there
-    out["rows"] = len(exp)
-    out["response_tokens"] = float(exp.response_mask.sum())
-    return out
+    call.restore = lambda: _restore(module, opt, saved)  # type: ignore[attr-defined]
+    return call
 
 
 def _save(module: SFPOModule, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -162,6 +170,9 @@ def _restore(module: SFPOModule, opt: torch.optim.Optimizer, saved: dict[str, An
     page faults to the next timed call)."""
     params = list(module.policy.parameters())
     torch._foreach_copy_([p.detach() for p in params], saved["weights"])
+    for i, p in enumerate(params):  # no AdamW state when saved: none now (a fresh first step)
+        if i not in saved["state"]:
+            opt.state.pop(p, None)
     for i, st in saved["state"].items():
         live = opt.state[params[i]]
         for k, v in st.items():

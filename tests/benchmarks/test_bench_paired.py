@@ -31,12 +31,13 @@ class Exp:
 class Module:
     """What ``time_pairs`` reads of an ``SFPOModule``: policy, optimizer, engine, updater."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = True) -> None:
         torch.manual_seed(0)
         self.policy = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 1))
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=0.1)
         self.x = torch.randn(4, 5)
-        self.update()  # AdamW state exists (step 1), as after a warm-up iteration
+        if warm:
+            self.update()  # AdamW state exists (step 1), as after a warm-up iteration
         self.run_cfg = SimpleNamespace(
             sfpo=SimpleNamespace(
                 K=3, slow_correction=True, lr_schedule="per_batch", slow_old_logprobs="theta0"
@@ -62,7 +63,8 @@ class Module:
         if first:
             state = self.opt.state[next(self.policy.parameters())]
             weights = [p.detach().clone() for p in self.policy.parameters()]
-            self.starts.append((weights, float(state["step"]), self.consecutive_skips == 0))
+            step = float(state["step"]) if "step" in state else 0.0
+            self.starts.append((weights, step, self.consecutive_skips == 0))
             exp.old_logprobs = torch.zeros(4, 3)
         self.update()
         self.consecutive_skips += 1  # must be put back too
@@ -111,3 +113,12 @@ def test_refuses_an_odd_number_of_rounds():
         assert "even" in str(e)
     else:
         raise AssertionError("3 rounds were accepted")
+
+
+def test_parameters_without_optimizer_state_start_each_call_without_it():
+    """Saved before any AdamW step: every timed call takes a first step (step 0 before it), not
+    the previous call's second."""
+    m = Module(warm=False)
+    time_pairs(m, Exp(), rounds=2)
+    assert [step for _, step, _ in m.starts] == [0.0] * (2 + 2 * 5)
+    assert not m.opt.state
